@@ -1,0 +1,32 @@
+"""mirrorflow_jax: continuous-time steepest flows on reparameterized models, in JAX.
+
+Simulates dθ/dt = −φ_q(∇F(θ)) − α(t)·θ (q = 2 gradient flow … q = 1 sign flow) on deep
+diagonal reparameterizations with diffrax, following Jacobs, Zhou & Burkholz, "Never Saddle
+for Reparameterized Steepest Descent as Mirror Flow" (ICLR 2026).
+"""
+
+from ._flow import SteepestFlow as SteepestFlow
+from ._geometry import Lp as Lp, steepest_map as steepest_map
+from ._models import (
+    AbstractReparam as AbstractReparam,
+    DeepDiagonal as DeepDiagonal,
+    SignedDeepDiagonal as SignedDeepDiagonal,
+    SquareDiff as SquareDiff,
+    effective_weights as effective_weights,
+)
+from ._problems import (
+    LeastSquares as LeastSquares,
+    LinearClassification as LinearClassification,
+    ScalarToy as ScalarToy,
+    sparse_classification as sparse_classification,
+    sparse_regression as sparse_regression,
+)
+from ._solve import (
+    AbstractEscape as AbstractEscape,
+    FlowSolution as FlowSolution,
+    LossBelow as LossBelow,
+    NormAbove as NormAbove,
+    solve_flow as solve_flow,
+)
+
+__version__ = "0.1.0"

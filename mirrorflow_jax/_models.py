@@ -1,0 +1,241 @@
+"""Equinox reparameterizations x = x(w) and their initializations (PAPER.md §2–§3).
+
+Every model is an immutable PyTree of its factors and returns the effective linear weights
+``x`` when called. All models here are *separable*: x_j depends only on the factors' j-th
+entries, so the Jacobian ∂x/∂w is diagonal per factor, which is what the
+structure-preserving smoothing of `SteepestFlow` uses.
+"""
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, PRNGKeyArray
+
+from ._custom_types import Factors, ScalarLike, Vector
+from ._validate import as_float, check_finite, check_int, check_range, is_concrete
+
+
+class AbstractReparam(eqx.Module):
+    """A separable reparameterization x = x(w) of linear weights x ∈ R^d.
+
+    Subclasses implement ``__call__`` (the effective weights) and ``balance`` (the quantities
+    |w_i|^q − |w_1|^q that the flow conserves, stacked as an array).
+    """
+
+    @abc.abstractmethod
+    def __call__(self) -> Vector:
+        """The effective linear weights x, shape (dim,)."""
+
+    @abc.abstractmethod
+    def balance(self, q: ScalarLike) -> Array:
+        """|w_i|^q − |w_1|^q for i = 2..L per coordinate (PAPER.md §3)."""
+
+    def factor_jacobian(self) -> "AbstractReparam":
+        """P = ∂x/∂w per factor entry, as a model-shaped PyTree.
+
+        For a separable model ∇_w f(x(w)) = ∇f(x) ⊙ P, and P is one vector–Jacobian product
+        with a cotangent of ones (e.g. P_i = ∏_{j≠i} w_j for the deep diagonal model).
+        """
+        x, pullback = jax.vjp(lambda model: model(), self)
+        (jac,) = pullback(jnp.ones_like(x))
+        return jac
+
+
+def _layers(depth: int, dim: int, value) -> Factors:
+    check_int("depth", depth, 1)
+    check_int("dim", dim, 1)
+    return jnp.broadcast_to(as_float(value), (depth, dim))
+
+
+def _balanced_layers(w1: ArrayLike, c: ScalarLike, q: ScalarLike, depth: int) -> Factors:
+    """w_1 given, w_i = (|w_1|^q + c)^(1/q) for i ≥ 2, so |w_i|^q − |w_1|^q = c."""
+    check_int("depth", depth, 1)
+    check_range("q", q, 1.0, 2.0)
+    w1 = jnp.atleast_1d(as_float(w1))
+    power = jnp.abs(w1) ** q + c
+    if is_concrete(power) and bool(jnp.any(power < 0)):
+        raise ValueError(
+            "`c` must satisfy |w1|^q + c >= 0 for every coordinate (the other factors are "
+            f"(|w1|^q + c)^(1/q)); got min |w1|^q + c = {float(jnp.min(power)):g}."
+        )
+    rest = jnp.broadcast_to(power ** (1 / q), (depth - 1, w1.shape[0]))
+    return jnp.concatenate([w1[None], rest], axis=0)
+
+
+def _factor_balance(factors: Factors, q: ScalarLike) -> Array:
+    powered = jnp.abs(factors) ** q
+    return powered[1:] - powered[:1]
+
+
+class DeepDiagonal(AbstractReparam):
+    r"""Deep diagonal network x = w_1 ⊙ w_2 ⊙ … ⊙ w_L (L = 2: the diagonal linear network).
+
+    **Fields:** ``factors``, shape (depth, dim).
+
+    **Example:**
+
+    ```python
+    model = DeepDiagonal.saddle(0.1, depth=3, dim=100)  # w_1 = 0, w_2 = w_3 = 0.1
+    x = model()                                        # all zeros
+    ```
+    """
+
+    factors: Factors
+
+    def __check_init__(self):
+        if jnp.ndim(self.factors) != 2 or self.factors.shape[0] < 1:
+            raise ValueError(
+                "`factors` must have shape (depth, dim) with depth >= 1; "
+                f"got shape {jnp.shape(self.factors)}."
+            )
+        check_finite("factors", self.factors)
+
+    @property
+    def depth(self) -> int:
+        return self.factors.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.factors.shape[1]
+
+    def __call__(self) -> Vector:
+        return jnp.prod(self.factors, axis=0)
+
+    def balance(self, q: ScalarLike) -> Array:
+        """|w_i|^q − |w_1|^q, shape (depth − 1, dim)."""
+        return _factor_balance(self.factors, q)
+
+    @classmethod
+    def scaled(cls, alpha: ScalarLike, *, depth: int, dim: int) -> "DeepDiagonal":
+        """All factors equal to ``alpha`` (the scale-α init; differentiable in ``alpha``)."""
+        return cls(_layers(depth, dim, alpha))
+
+    @classmethod
+    def balanced(
+        cls, w1: ArrayLike, c: ScalarLike, *, q: ScalarLike, depth: int
+    ) -> "DeepDiagonal":
+        """λ-balanced init: w_1 given, |w_i|^q − |w_1|^q = c for i ≥ 2 (w_i > 0)."""
+        return cls(_balanced_layers(w1, c, q, depth))
+
+    @classmethod
+    def saddle(cls, lam: ScalarLike, *, depth: int, dim: int) -> "DeepDiagonal":
+        """The origin-adjacent saddle of the paper: w_1 = 0, w_i = λ for i ≥ 2."""
+        layers = _layers(depth, dim, lam)
+        return cls(layers.at[0].set(0.0))
+
+    @classmethod
+    def random(
+        cls, key: PRNGKeyArray, *, depth: int, dim: int, scale: ScalarLike = 1.0
+    ) -> "DeepDiagonal":
+        """Factors drawn i.i.d. from N(0, scale²)."""
+        noise = jax.random.normal(key, (depth, dim), dtype=as_float(0.0).dtype)
+        return cls(_layers(depth, dim, scale) * noise)
+
+
+class SignedDeepDiagonal(AbstractReparam):
+    r"""Signed deep diagonal network x = ∏_i u_i − ∏_i v_i, which can learn signs from a
+    uniform init.
+
+    **Fields:** ``u`` and ``v``, each of shape (depth, dim).
+    """
+
+    u: Factors
+    v: Factors
+
+    def __check_init__(self):
+        shapes = (jnp.shape(self.u), jnp.shape(self.v))
+        if len(shapes[0]) != 2 or shapes[0] != shapes[1] or shapes[0][0] < 1:
+            raise ValueError(
+                "`u` and `v` must have the same shape (depth, dim) with depth >= 1; "
+                f"got {shapes[0]} and {shapes[1]}."
+            )
+        check_finite("u", self.u)
+        check_finite("v", self.v)
+
+    @property
+    def depth(self) -> int:
+        return self.u.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.u.shape[1]
+
+    def __call__(self) -> Vector:
+        return jnp.prod(self.u, axis=0) - jnp.prod(self.v, axis=0)
+
+    def balance(self, q: ScalarLike) -> Array:
+        """|u_i|^q − |u_1|^q and |v_i|^q − |v_1|^q stacked, shape (2, depth − 1, dim)."""
+        return jnp.stack([_factor_balance(self.u, q), _factor_balance(self.v, q)])
+
+    @classmethod
+    def scaled(cls, alpha: ScalarLike, *, depth: int, dim: int) -> "SignedDeepDiagonal":
+        """All factors of u and v equal to ``alpha`` (so x = 0)."""
+        layers = _layers(depth, dim, alpha)
+        return cls(layers, layers)
+
+    @classmethod
+    def balanced(
+        cls, u1: ArrayLike, v1: ArrayLike, c: ScalarLike, *, q: ScalarLike, depth: int
+    ) -> "SignedDeepDiagonal":
+        """u and v each λ-balanced with the same constant c (first factors given)."""
+        return cls(_balanced_layers(u1, c, q, depth), _balanced_layers(v1, c, q, depth))
+
+    @classmethod
+    def saddle(cls, lam: ScalarLike, *, depth: int, dim: int) -> "SignedDeepDiagonal":
+        """u_1 = v_1 = 0, all other factors λ."""
+        layers = _layers(depth, dim, lam).at[0].set(0.0)
+        return cls(layers, layers)
+
+    @classmethod
+    def random(
+        cls, key: PRNGKeyArray, *, depth: int, dim: int, scale: ScalarLike = 1.0
+    ) -> "SignedDeepDiagonal":
+        """u and v drawn i.i.d. from N(0, scale²)."""
+        ku, kv = jax.random.split(key)
+        return cls(
+            DeepDiagonal.random(ku, depth=depth, dim=dim, scale=scale).factors,
+            DeepDiagonal.random(kv, depth=depth, dim=dim, scale=scale).factors,
+        )
+
+
+class SquareDiff(AbstractReparam):
+    r"""x = u ⊙ u − v ⊙ v (Woodworth et al. 2020). Its two factors per sign are tied, so it
+    has no balance quantities (``balance`` returns an empty (0, dim) array).
+
+    **Fields:** ``u`` and ``v``, each of shape (dim,).
+    """
+
+    u: Vector
+    v: Vector
+
+    def __check_init__(self):
+        if jnp.ndim(self.u) != 1 or jnp.shape(self.u) != jnp.shape(self.v):
+            raise ValueError(
+                "`u` and `v` must be vectors of the same shape (dim,); "
+                f"got {jnp.shape(self.u)} and {jnp.shape(self.v)}."
+            )
+        check_finite("u", self.u)
+        check_finite("v", self.v)
+
+    @property
+    def dim(self) -> int:
+        return self.u.shape[0]
+
+    def __call__(self) -> Vector:
+        return self.u * self.u - self.v * self.v
+
+    def balance(self, q: ScalarLike) -> Array:
+        return jnp.zeros((0, self.dim), self.u.dtype)
+
+    @classmethod
+    def scaled(cls, alpha: ScalarLike, *, dim: int) -> "SquareDiff":
+        """u = v = α (x = 0), the init whose scale α sets the ℓ1–ℓ2 regime."""
+        layer = _layers(1, dim, alpha)[0]
+        return cls(layer, layer)
+
+
+def effective_weights(params):
+    """x for a toolkit model (``params()``); any other PyTree is its own effective weights."""
+    return params() if isinstance(params, AbstractReparam) else params

@@ -1,0 +1,131 @@
+"""Losses f(x) on effective linear weights, and seeded data sets (PAPER.md §2, §5, §7).
+
+A problem is an equinox Module holding its data and called on x; it is a PyTree, so its
+arrays are traced (not baked in as constants) when passed to `solve_flow` or vmapped over.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, PRNGKeyArray
+
+from ._custom_types import Scalar, ScalarLike, Vector
+from ._validate import as_float, check_choice, check_finite, check_int, check_range
+
+CLASSIFICATION_LOSSES = ("logistic", "exponential")
+
+
+def _check_design(A, target, target_name):
+    if jnp.ndim(A) != 2:
+        raise ValueError(f"`A` must be a matrix of shape (n, d); got shape {jnp.shape(A)}.")
+    if jnp.shape(target) != (A.shape[0],):
+        raise ValueError(
+            f"`{target_name}` must have shape (n,) = ({A.shape[0]},) to match `A`; "
+            f"got {jnp.shape(target)}."
+        )
+    check_finite("A", A)
+    check_finite(target_name, target)
+
+
+class LeastSquares(eqx.Module):
+    r"""Regression loss f(x) = ‖Ax − b‖² / (2n).
+
+    **Fields:** ``A`` (n, d); ``b`` (n,); ``truth`` (d,) the planted solution, or None.
+    """
+
+    A: Array
+    b: Array
+    truth: Array | None = None
+
+    def __check_init__(self):
+        _check_design(self.A, self.b, "b")
+
+    @property
+    def dim(self) -> int:
+        return self.A.shape[1]
+
+    def __call__(self, x: Vector) -> Scalar:
+        residual = self.A @ x - self.b
+        return 0.5 * jnp.mean(residual * residual)
+
+
+class LinearClassification(eqx.Module):
+    r"""Binary classification loss on labels y ∈ {−1, +1} with margins z = y ⊙ (Ax):
+    logistic f(x) = mean log(1 + e^(−z)), or exponential f(x) = mean e^(−z).
+
+    **Fields:** ``A`` (n, d); ``y`` (n,); ``loss`` "logistic" | "exponential";
+    ``truth`` (d,) the planted separator, or None.
+    """
+
+    A: Array
+    y: Array
+    loss: str = eqx.field(static=True, default="logistic")
+    truth: Array | None = None
+
+    def __check_init__(self):
+        _check_design(self.A, self.y, "y")
+        check_choice("loss", self.loss, CLASSIFICATION_LOSSES)
+
+    @property
+    def dim(self) -> int:
+        return self.A.shape[1]
+
+    def margins(self, x: Vector) -> Array:
+        return self.y * (self.A @ x)
+
+    def __call__(self, x: Vector) -> Scalar:
+        z = self.margins(x)
+        if self.loss == "logistic":
+            return jnp.mean(jnp.logaddexp(0.0, -z))
+        return jnp.mean(jnp.exp(-z))
+
+
+class ScalarToy(eqx.Module):
+    r"""The saddle-escape toy f(x) = Σ_j (x_j − target)² / 2 (PAPER.md §5, target 1)."""
+
+    target: Array
+
+    def __init__(self, target: ScalarLike = 1.0):
+        check_finite("target", target)
+        self.target = as_float(target)
+
+    def __call__(self, x: Vector) -> Scalar:
+        return 0.5 * jnp.sum((x - self.target) ** 2)
+
+
+def _planted(key: PRNGKeyArray, n: int, d: int, k: int):
+    check_int("n", n, 1)
+    check_int("d", d, 1)
+    check_int("k", k, 0)
+    if k > d:
+        raise ValueError(f"`k` must lie in [0, d] = [0, {d}]; got {k}.")
+    dtype = as_float(0.0).dtype
+    k_design, k_support, k_sign = jax.random.split(key, 3)
+    A = jax.random.normal(k_design, (n, d), dtype=dtype)
+    support = jax.random.permutation(k_support, d)[:k]
+    signs = jnp.where(jax.random.bernoulli(k_sign, 0.5, (k,)), 1.0, -1.0).astype(dtype)
+    truth = jnp.zeros(d, dtype).at[support].set(signs)
+    return A, truth
+
+
+def sparse_regression(
+    key: PRNGKeyArray, *, n: int, d: int, k: int, noise: ScalarLike = 0.0
+) -> LeastSquares:
+    """Seeded sparse regression: A ~ N(0, 1)^(n×d), a k-sparse ±1 truth, b = A·truth + noise·ξ.
+
+    ``n < d`` gives the underdetermined setting of the implicit-bias experiments.
+    """
+    check_range("noise", noise, 0.0)
+    A, truth = _planted(key, n, d, k)
+    xi = jax.random.normal(jax.random.fold_in(key, 1), (n,), dtype=A.dtype)
+    return LeastSquares(A, A @ truth + noise * xi, truth)
+
+
+def sparse_classification(
+    key: PRNGKeyArray, *, n: int, d: int, k: int, loss: str = "logistic"
+) -> LinearClassification:
+    """Seeded separable classification: y = sign(A·truth) for a k-sparse ±1 truth (k ≥ 1)."""
+    check_int("k", k, 1)
+    A, truth = _planted(key, n, d, k)
+    y = jnp.where(A @ truth >= 0, 1.0, -1.0).astype(A.dtype)
+    return LinearClassification(A, y, loss, truth)

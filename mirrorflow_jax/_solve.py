@@ -1,0 +1,279 @@
+"""`solve_flow`: integrate a `SteepestFlow` with diffrax and monitor the trajectory."""
+
+import abc
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optimistix as optx
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
+
+from ._custom_types import Loss, Params, ScalarLike
+from ._flow import SteepestFlow
+from ._models import AbstractReparam, effective_weights
+from ._validate import as_float, check_int, is_concrete
+
+
+class AbstractEscape(eqx.Module):
+    """An escape condition: a continuous function of the state, positive before the escape and
+    crossing zero at it, so that diffrax's root finder locates (and differentiates) its time."""
+
+    @abc.abstractmethod
+    def __call__(self, x: Array, value: Array, value0: Array) -> Float[Array, ""]:
+        """Evaluate at effective weights ``x`` with loss ``value`` (initial loss ``value0``)."""
+
+
+class LossBelow(AbstractEscape):
+    """Escape when f(x(t)) falls to ``fraction`` · f(x(0))."""
+
+    fraction: Array
+
+    def __init__(self, fraction: ScalarLike = 0.5):
+        if is_concrete(fraction) and not 0 < float(fraction) < 1:
+            raise ValueError(f"`fraction` must lie in (0, 1); got {float(fraction):g}.")
+        self.fraction = as_float(fraction)
+
+    def __call__(self, x, value, value0):
+        return value - self.fraction * value0
+
+
+class NormAbove(AbstractEscape):
+    """Escape when max_j |x_j(t)| reaches ``threshold`` (e.g. 1/2 on the scalar toy)."""
+
+    threshold: Array
+
+    def __init__(self, threshold: ScalarLike = 0.5):
+        if is_concrete(threshold) and not float(threshold) > 0:
+            raise ValueError(f"`threshold` must lie in (0, inf); got {float(threshold):g}.")
+        self.threshold = as_float(threshold)
+
+    def __call__(self, x, value, value0):
+        return self.threshold - jnp.max(jnp.abs(x))
+
+
+class FlowSolution(eqx.Module):
+    """The result of `solve_flow` (batched along leading axes when vmapped).
+
+    **Fields:**
+
+    - ``ts``: save times, shape (T,). Times after a terminating event hold ``inf``.
+    - ``params``: the parameter PyTree at ``ts`` (leading axis T).
+    - ``x``: effective weights at ``ts``, shape (T, dim).
+    - ``loss``: f(x) at ``ts``, shape (T,) (without the coupled weight-decay term).
+    - ``balance``: |w_i|^q − |w_1|^q at ``ts`` for toolkit models (leading axis T), else None.
+    - ``event_time``: the escape time located by root finding; ``inf`` if no event fired or
+      none was asked for. Differentiable.
+    - ``num_steps``: accepted + rejected solver steps.
+    - ``result``: a ``diffrax.RESULTS`` code; see ``ok``.
+    - ``q``, ``eps``: the geometry used; ``smoothing_at``: "naive" or "structured";
+      ``smoothing``: the smoothing kind ("sqrt" or "tanh").
+    """
+
+    ts: Float[Array, " T"]
+    params: Params
+    x: Array
+    loss: Float[Array, " T"]
+    balance: Array | None
+    event_time: Float[Array, ""]
+    num_steps: Int[Array, ""]
+    result: diffrax.RESULTS
+    q: Float[Array, ""]
+    eps: Float[Array, ""]
+    smoothing_at: str = eqx.field(static=True)
+    smoothing: str = eqx.field(static=True)
+
+    @property
+    def ok(self) -> Bool[Array, "..."]:
+        """True where the solve reached t1 or stopped at its event."""
+        return diffrax.is_okay(self.result)
+
+
+def _vector_field(t, y, args):
+    flow, loss, _ = args
+    return flow(t, y, loss)
+
+
+def _escape_cond(escape):
+    def cond_fn(t, y, args, **kwargs):
+        _, loss, value0 = args
+        x = effective_weights(y)
+        return escape(x, loss(x), value0)
+
+    return cond_fn
+
+
+def _as_saveat(saveat) -> diffrax.SaveAt:
+    if saveat is None:
+        return diffrax.SaveAt(t0=True, t1=True)
+    if isinstance(saveat, diffrax.SaveAt):
+        if not isinstance(saveat.subs, diffrax.SubSaveAt) or saveat.dense:
+            raise ValueError(
+                "`saveat` must save one set of times (no `subs` PyTree, no `dense`); pass "
+                "an array of times or diffrax.SaveAt(ts=..., t0=..., t1=...)."
+            )
+        return saveat
+    return diffrax.SaveAt(ts=as_float(saveat))
+
+
+def _is_float_array(leaf) -> bool:
+    return hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact)
+
+
+def _check_setup(flow, params0, loss, t0, t1, saveat, max_steps):
+    if not isinstance(flow, SteepestFlow):
+        raise ValueError(f"`flow` must be a SteepestFlow; got {type(flow).__name__}.")
+    if not callable(loss):
+        raise ValueError("`loss` must be a callable f(x) -> scalar (e.g. LeastSquares).")
+    check_int("max_steps", max_steps, 1)
+    if is_concrete((t0, t1)) and not float(t1) > float(t0):
+        raise ValueError(f"`t1` must lie in (t0, inf) = ({float(t0):g}, inf); got {float(t1):g}.")
+    leaves = jax.tree.leaves(params0)
+    if not leaves or not all(_is_float_array(leaf) for leaf in leaves):
+        raise ValueError(
+            "`params0` must be a PyTree of floating-point arrays (use eqx.partition to split "
+            "off non-array fields of a model)."
+        )
+    for i, leaf in enumerate(leaves):
+        if is_concrete(leaf) and not np.all(np.isfinite(np.asarray(leaf))):
+            raise ValueError(f"`params0` must be finite; leaf {i} holds non-finite entries.")
+    save_ts = saveat.subs.ts
+    if save_ts is not None and is_concrete(save_ts):
+        ts = np.asarray(save_ts)
+        if ts.size and (ts.min() < float(t0) or ts.max() > float(t1) or np.any(np.diff(ts) < 0)):
+            raise ValueError(f"`saveat` times must be non-decreasing and lie in [{t0}, {t1}].")
+    dim = getattr(loss, "dim", None)
+    x_shape = jax.eval_shape(effective_weights, params0)
+    if dim is not None and getattr(x_shape, "shape", None) != (dim,):
+        raise ValueError(
+            f"`params0` gives effective weights of shape {getattr(x_shape, 'shape', '?')} but "
+            f"`loss` expects shape ({dim},): the model's `dim` must equal the data's d."
+        )
+    flow.smoothing_for(params0)
+
+
+def solve_flow(
+    flow: SteepestFlow,
+    params0: Params,
+    loss: Loss,
+    t1: ScalarLike,
+    *,
+    t0: ScalarLike = 0.0,
+    dt0: ScalarLike | None = None,
+    saveat: diffrax.SaveAt | ArrayLike | None = None,
+    solver: diffrax.AbstractSolver | None = None,
+    stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+    event: AbstractEscape | None = None,
+    root_finder: optx.AbstractRootFinder | None = None,
+    max_steps: int = 100_000,
+    adjoint: diffrax.AbstractAdjoint | None = None,
+    progress_meter: diffrax.AbstractProgressMeter | None = None,
+) -> FlowSolution:
+    r"""Integrate dθ/dt = −φ_q^ε(∇F(θ)) − α(t)·θ from ``params0`` over [t0, t1].
+
+    **Arguments:**
+
+    - ``flow``: a `SteepestFlow`.
+    - ``params0``: initial parameters: a toolkit model (`DeepDiagonal`, …) or any PyTree of
+      floating arrays.
+    - ``loss``: f(x) of the effective weights (a `LeastSquares`, `LinearClassification`,
+      `ScalarToy`, or any callable; equinox Modules keep their data traced).
+    - ``t1`` (> ``t0``), ``t0``: the time interval.
+    - ``dt0``: initial step (None lets the adaptive controller choose).
+    - ``saveat``: an array of save times, a ``diffrax.SaveAt``, or None for (t0, t1).
+    - ``solver``: any diffrax solver (default ``Tsit5``).
+    - ``stepsize_controller``: default ``PIDController(rtol=1e-8, atol=1e-10)``.
+    - ``event``: an `AbstractEscape` (`LossBelow`, `NormAbove`): the solve stops at its zero,
+      located by ``root_finder`` (default Newton, tolerance 1e-10), and ``event_time`` holds
+      that time, differentiable with respect to anything the solve depends on.
+    - ``max_steps``: solver step budget; exhausting it is reported in ``result``, not raised.
+    - ``adjoint``, ``progress_meter``: passed to ``diffrax.diffeqsolve``.
+
+    **Returns:** a `FlowSolution`.
+
+    Raises ValueError for a bad setup (interval, shapes, non-finite inputs) before compiling.
+    """
+    saveat = _as_saveat(saveat)
+    _check_setup(flow, params0, loss, t0, t1, saveat, max_steps)
+    return _solve(
+        flow,
+        params0,
+        loss,
+        as_float(t0),
+        as_float(t1),
+        None if dt0 is None else as_float(dt0),
+        saveat,
+        diffrax.Tsit5() if solver is None else solver,
+        diffrax.PIDController(rtol=1e-8, atol=1e-10)
+        if stepsize_controller is None
+        else stepsize_controller,
+        event,
+        optx.Newton(rtol=1e-10, atol=1e-10) if root_finder is None else root_finder,
+        max_steps,
+        diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint,
+        diffrax.NoProgressMeter() if progress_meter is None else progress_meter,
+    )
+
+
+@eqx.filter_jit
+def _solve(
+    flow,
+    params0,
+    loss,
+    t0,
+    t1,
+    dt0,
+    saveat,
+    solver,
+    controller,
+    escape,
+    root_finder,
+    max_steps,
+    adjoint,
+    progress_meter,
+):
+    value0 = loss(effective_weights(params0))
+    diffrax_event = None
+    if escape is not None:
+        saveat = diffrax.SaveAt(subs=[saveat.subs, diffrax.SubSaveAt(t1=True)])
+        diffrax_event = diffrax.Event(_escape_cond(escape), root_finder)
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(_vector_field),
+        solver,
+        t0,
+        t1,
+        dt0,
+        params0,
+        args=(flow, loss, value0),
+        saveat=saveat,
+        stepsize_controller=controller,
+        event=diffrax_event,
+        max_steps=max_steps,
+        adjoint=adjoint,
+        throw=False,
+        progress_meter=progress_meter,
+    )
+    ts, ys = sol.ts, sol.ys
+    event_time = jnp.asarray(jnp.inf, t1.dtype)
+    if escape is not None:
+        (ts, final_ts), (ys, _) = ts, ys
+        event_time = jnp.where(sol.event_mask, final_ts[-1], event_time)
+    x = jax.vmap(effective_weights)(ys)
+    balance = None
+    if isinstance(params0, AbstractReparam):
+        balance = jax.vmap(lambda model: model.balance(flow.geometry.q))(ys)
+    return FlowSolution(
+        ts=ts,
+        params=ys,
+        x=x,
+        loss=jax.vmap(loss)(x),
+        balance=balance,
+        event_time=event_time,
+        num_steps=sol.stats["num_steps"],
+        result=sol.result,
+        q=flow.geometry.q,
+        eps=flow.geometry.eps,
+        smoothing_at=flow.smoothing_for(params0),
+        smoothing=flow.geometry.smoothing,
+    )
