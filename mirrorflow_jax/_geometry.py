@@ -44,7 +44,11 @@ def steepest_map(g: ArrayLike, q: ArrayLike, eps: ArrayLike = 0.0, smoothing: st
     positive = eps > 0
     eps_safe = jnp.where(positive, eps, 1.0)
     if smoothing == "sqrt":
-        smooth = g * (g * g + eps_safe * eps_safe) ** ((q - 2) / 2)
+        # g·(g² + ε²)^((q−2)/2) evaluated in units of s = max(|g|, ε), so that neither g² nor
+        # ε² can underflow (ε may be tiny where the structured smoothing scales it by |P|).
+        s = jnp.maximum(jnp.abs(g), eps_safe)
+        r, e = g / s, eps_safe / s
+        smooth = r * (r * r + e * e) ** ((q - 2) / 2) * s ** (q - 1)
     else:
         smooth = jnp.tanh(g / eps_safe) * _abs_pow(g, q - 1)
     return jnp.where(positive, smooth, exact)

@@ -1,0 +1,324 @@
+"""Benchmark `mirrorflow_jax.solve_flow` (diffrax) against scipy's `solve_ivp` on the same field.
+
+Integrates dθ/dt = −φ_q^ε(∇F(θ)) for a signed depth-3 diagonal network on seeded sparse
+regression, for gradient flow (q = 2), the exact q = 1.5 flow and the smoothed sign flow
+(q = 1, ε = 1e-3, structured and naive smoothing), with rtol = 1e-8 and atol = 1e-10 throughout.
+
+- diffrax rows: `solve_flow` wrapped in `eqx.filter_jit`; compile time is the AOT
+  ``.lower(...).compile()`` time, wall time the median of steady-state calls of the compiled
+  function. Explicit solvers are capped by ``max_steps``; implicit ones by the time budget,
+  turned into a step cap by a short probe run.
+- scipy rows: the flow flattened with ``ravel_pytree`` and jitted, returning NumPy arrays;
+  compile time is the jit of the right-hand side (and of its ``jax.jacfwd`` where used). A run
+  whose wall time passes the budget is stopped by the right-hand side.
+
+Wall-time ratios are against scipy LSODA (finite-difference Jacobian) on the same flow, run in
+the same process.
+
+Usage: ``python benchmarks/bench_core.py [--quick] [--budget SECONDS]``
+"""
+
+import argparse
+import dataclasses
+import datetime
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import diffrax
+import equinox as eqx
+import jax
+import numpy as np
+import scipy
+from jax.flatten_util import ravel_pytree
+from scipy.integrate import solve_ivp
+
+import mirrorflow_jax as mf
+
+RTOL, ATOL = 1e-8, 1e-10
+REPEAT_BELOW_S = 5.0  # runs faster than this are repeated and the median is reported
+REPEATS = 3
+PROBE_STEPS = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    n: int
+    d: int
+    t1: float
+    max_steps: int
+    budget: float
+
+
+FULL = Size(n=40, d=100, t1=200.0, max_steps=200_000, budget=120.0)
+QUICK = Size(n=20, d=40, t1=50.0, max_steps=20_000, budget=4.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    flow: mf.SteepestFlow
+    with_implicit: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    case: str
+    method: str
+    work: str
+    status: str
+    finished: bool
+    compile_s: float
+    wall_s: float
+    loss: float
+    x: np.ndarray
+
+
+def cases() -> list[Case]:
+    sign = mf.Lp(q=1.0, eps=1e-3)
+    return [
+        Case("q=2", mf.SteepestFlow(mf.Lp(q=2.0))),
+        Case("q=1.5, eps=0", mf.SteepestFlow(mf.Lp(q=1.5))),
+        Case("q=1, eps=1e-3 (structured)", mf.SteepestFlow(sign), with_implicit=True),
+        Case("q=1, eps=1e-3 (naive)", mf.SteepestFlow(sign, smoothing_at="naive")),
+    ]
+
+
+def timed(fn: Callable, *args):
+    """(fn(*args) with its outputs ready, wall seconds)."""
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return out, time.perf_counter() - start
+
+
+def steady_wall(fn: Callable):
+    """(last output, median wall time): one call, repeated only while calls are fast."""
+    out, wall = timed(fn)
+    walls = [wall]
+    if wall < REPEAT_BELOW_S:
+        for _ in range(REPEATS - 1):
+            out, wall = timed(fn)
+            walls.append(wall)
+    return out, statistics.median(walls)
+
+
+# ----------------------------------------------------------------------------- diffrax
+
+
+def compile_solve(case, model, problem, size, solver, max_steps):
+    """AOT-compiled ``solve_flow`` for this case, and its compile time."""
+    solve = eqx.filter_jit(
+        lambda flow, params0, loss: mf.solve_flow(
+            flow, params0, loss, size.t1, solver=solver, max_steps=max_steps
+        )
+    )
+    compiled, seconds = timed(lambda: solve.lower(case.flow, model, problem).compile())
+    return (lambda: compiled(case.flow, model, problem)), seconds
+
+
+def budgeted_max_steps(case, model, problem, size, solver) -> int:
+    """The step cap that keeps an implicit solve within ``size.budget`` (from a probe run)."""
+    probe, _ = compile_solve(case, model, problem, size, solver, PROBE_STEPS)
+    sol, wall = timed(probe)
+    seconds_per_step = wall / int(sol.num_steps)
+    return max(PROBE_STEPS, min(size.max_steps, int(size.budget / seconds_per_step)))
+
+
+def diffrax_status(sol, max_steps: int) -> str:
+    if bool(sol.ok):
+        return "ok"
+    if bool(sol.result == diffrax.RESULTS.max_steps_reached):
+        return f"max_steps={max_steps} hit at t={float(sol.ts[-1]):.3g}"
+    return f"failed: {sol.result}"
+
+
+def run_diffrax(case, model, problem, size, solver) -> Row:
+    max_steps = size.max_steps
+    if isinstance(solver, diffrax.AbstractImplicitSolver):
+        max_steps = budgeted_max_steps(case, model, problem, size, solver)
+    solve, compile_s = compile_solve(case, model, problem, size, solver, max_steps)
+    sol, wall = steady_wall(solve)
+    return Row(
+        case=case.name,
+        method=f"diffrax {type(solver).__name__} + PID",
+        work=f"{int(sol.num_steps)} steps",
+        status=diffrax_status(sol, max_steps),
+        finished=bool(sol.ok),
+        compile_s=compile_s,
+        wall_s=wall,
+        loss=float(sol.loss[-1]),
+        x=np.asarray(sol.x[-1]),
+    )
+
+
+# ----------------------------------------------------------------------------- scipy
+
+
+class BudgetExceeded(Exception):
+    pass
+
+
+class CountingField:
+    """A NumPy right-hand side that counts its calls and stops the solve past a deadline."""
+
+    def __init__(self, field: Callable, budget: float):
+        self.field = field
+        self.budget = budget
+        self.calls = 0
+        self.t = 0.0
+        self.deadline = np.inf
+
+    def start(self):
+        self.calls, self.t = 0, 0.0
+        self.deadline = time.perf_counter() + self.budget
+
+    def __call__(self, t, y):
+        if time.perf_counter() > self.deadline:
+            raise BudgetExceeded
+        self.calls += 1
+        self.t = t
+        return np.asarray(self.field(t, y))
+
+
+def scipy_problem(case, model, problem):
+    """(y0, unravel, jitted field, jitted Jacobian) of the flow on flat parameters."""
+    y0, unravel = ravel_pytree(model)
+
+    def field(t, y):
+        return ravel_pytree(case.flow(t, unravel(y), problem))[0]
+
+    return np.asarray(y0), unravel, jax.jit(field), jax.jit(jax.jacfwd(field, argnums=1))
+
+
+def scipy_label(method: str, exact_jac: bool) -> str:
+    if exact_jac:
+        return f"scipy {method} + jax.jacfwd"
+    return f"scipy {method} (FD Jacobian)" if method == "LSODA" else f"scipy {method}"
+
+
+def run_scipy(case, model, problem, size, method: str, exact_jac: bool) -> Row:
+    y0, unravel, field, jac = scipy_problem(case, model, problem)
+    _, compile_s = timed(field, 0.0, y0)
+    options = {}
+    if exact_jac:
+        compile_s += timed(jac, 0.0, y0)[1]
+        options["jac"] = lambda t, y: np.asarray(jac(t, y))
+    rhs = CountingField(field, size.budget)
+
+    def solve():
+        rhs.start()
+        try:
+            return solve_ivp(
+                rhs, (0.0, size.t1), y0, method=method, rtol=RTOL, atol=ATOL, **options
+            )
+        except BudgetExceeded:
+            return None
+
+    res, wall = steady_wall(solve)
+    finished = res is not None and res.success
+    x = mf.effective_weights(unravel(res.y[:, -1])) if finished else np.full(problem.dim, np.nan)
+    work = f"{rhs.calls} rhs calls" + (f", {res.njev} jac" if res is not None and res.njev else "")
+    if res is None:
+        status = f"budget {size.budget:g} s hit at t={rhs.t:.3g}"
+    else:
+        status = "ok" if res.success else f"failed: {res.message}"
+    return Row(
+        case=case.name,
+        method=scipy_label(method, exact_jac),
+        work=work,
+        status=status,
+        finished=finished,
+        compile_s=compile_s,
+        wall_s=wall,
+        loss=float(problem(x)) if finished else np.nan,
+        x=np.asarray(x),
+    )
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def rows_for(case, model, problem, size) -> list[Row]:
+    rows = [
+        run_scipy(case, model, problem, size, "LSODA", exact_jac=False),
+        run_scipy(case, model, problem, size, "LSODA", exact_jac=True),
+        run_scipy(case, model, problem, size, "RK45", exact_jac=False),
+        run_diffrax(case, model, problem, size, diffrax.Tsit5()),
+    ]
+    if case.with_implicit:
+        rows.append(run_diffrax(case, model, problem, size, diffrax.Kvaerno5()))
+    return rows
+
+
+def markdown_rows(rows: list[Row]) -> list[str]:
+    baseline = rows[0]
+    lines = []
+    for row in rows:
+        more = "" if row.finished else ">"
+        gap = np.max(np.abs(row.x - baseline.x)) if row.finished and baseline.finished else None
+        cells = [
+            row.case,
+            row.method,
+            row.work,
+            row.status,
+            f"{row.compile_s:.2f}",
+            f"{more}{row.wall_s:.3g}",
+            f"{more}{row.wall_s / baseline.wall_s:.3g}",
+            "—" if np.isnan(row.loss) else f"{row.loss:.3g}",
+            "—" if gap is None else f"{gap:.1e}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+HEADER = [
+    "| flow | method | work | result | compile [s] | wall [s] | wall / LSODA | final loss "
+    "| max abs x − x_LSODA |",
+    "|---|---|---|---|---:|---:|---:|---:|---:|",
+]
+
+
+def environment(size: Size) -> str:
+    versions = ", ".join(
+        f"{module.__name__} {module.__version__}" for module in (jax, diffrax, eqx, scipy, np, mf)
+    )
+    return "\n".join(
+        [
+            f"date: {datetime.datetime.now().isoformat(timespec='seconds')}",
+            f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+            f"python {platform.python_version()}; {versions}",
+            f"jax.devices(): {jax.devices()}",
+            f"problem: sparse_regression(key(0), n={size.n}, d={size.d}, k=5); model: "
+            f"SignedDeepDiagonal.scaled(1e-2, depth=3, dim={size.d}); t1={size.t1:g}; "
+            f"rtol={RTOL:g}, atol={ATOL:g}; float64",
+            f"caps: diffrax explicit max_steps={size.max_steps}; scipy and diffrax implicit "
+            f"budget {size.budget:g} s",
+        ]
+    )
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="n=20, d=40, t1=50 smoke run")
+    parser.add_argument("--budget", type=float, help="seconds allowed per capped run")
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    jax.config.update("jax_enable_x64", True)
+    size = QUICK if args.quick else FULL
+    if args.budget is not None:
+        size = dataclasses.replace(size, budget=args.budget)
+    problem = mf.sparse_regression(jax.random.key(0), n=size.n, d=size.d, k=5)
+    model = mf.SignedDeepDiagonal.scaled(1e-2, depth=3, dim=size.d)
+    print(environment(size), end="\n\n", flush=True)
+    print("\n".join(HEADER), flush=True)
+    for case in cases():
+        print("\n".join(markdown_rows(rows_for(case, model, problem, size))), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Shared fixtures and independent reference computations for the tests."""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import integrate
+
+import mirrorflow_jax as mf
+
+# Tight tolerances for the law-checking tests: integration error must sit well below the
+# tolerances the tests assert.
+TIGHT = diffrax.PIDController(rtol=1e-11, atol=1e-13)
+
+EXACT_GEOMETRIES = [(1.5, 0.0), (2.0, 0.0)]
+SMOOTHED_GEOMETRIES = [(1.0, 1e-3), (1.0, 1e-2), (1.5, 1e-3)]
+DEPTHS = [2, 3, 4]
+
+
+def small_regression(seed: int = 0, n: int = 8, d: int = 12, k: int = 3) -> mf.LeastSquares:
+    return mf.sparse_regression(jax.random.key(seed), n=n, d=d, k=k)
+
+
+def positive_signed_model(seed: int, depth: int, dim: int) -> mf.SignedDeepDiagonal:
+    """Unbalanced, strictly positive factors (so every balance quantity is non-trivial)."""
+    ku, kv = jax.random.split(jax.random.key(seed))
+    u = 0.3 + 0.5 * jax.random.uniform(ku, (depth, dim), dtype=jnp.float64)
+    v = 0.3 + 0.5 * jax.random.uniform(kv, (depth, dim), dtype=jnp.float64)
+    return mf.SignedDeepDiagonal(u, v)
+
+
+def balanced_toy_speed(w, q, depth, eps=0.0, naive=False):
+    """dw/dt of one factor on the scalar toy f(x) = (x − 1)²/2 from a uniform init w_i = w.
+
+    Written from the equations, independently of the package: x = w^L, g = x − 1 and
+    ∂x/∂w_i = w^(L−1). Exact: −φ_q(g)·φ_q(w^(L−1)); naive smoothing: −φ_q^ε(g·w^(L−1)).
+    """
+    x = w**depth
+    g = x - 1.0
+    p = w ** (depth - 1)
+
+    def phi(z, e):
+        if e > 0:
+            return z * (z * z + e * e) ** ((q - 2) / 2)
+        return np.sign(z) * abs(z) ** (q - 1)
+
+    if naive:
+        return -phi(g * p, eps)
+    return -phi(g, eps) * phi(p, 0.0)
+
+
+def toy_escape_time(alpha, q, depth, eps=0.0, naive=False, x_escape=0.5):
+    """Time for x = w^L to climb from α^L to ``x_escape``: ∫ dw / (dw/dt) by quadrature."""
+    w_escape = x_escape ** (1 / depth)
+    value, _ = integrate.quad(
+        lambda w: 1.0 / balanced_toy_speed(w, q, depth, eps, naive),
+        alpha,
+        w_escape,
+        epsabs=0.0,
+        epsrel=1e-12,
+        limit=500,
+        points=None,
+    )
+    return value

@@ -1,0 +1,85 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mirrorflow_jax as mf
+
+
+def _numpy_products_except(factors):
+    """∏_{j≠i} w_j by explicit loops, independent of the package's autodiff."""
+    factors = np.asarray(factors)
+    out = np.ones_like(factors)
+    for i in range(factors.shape[0]):
+        for j in range(factors.shape[0]):
+            if j != i:
+                out[i] *= factors[j]
+    return out
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 5])
+def test_deep_diagonal_product_and_jacobian(depth):
+    model = mf.DeepDiagonal.random(jax.random.key(depth), depth=depth, dim=7)
+    factors = np.asarray(model.factors)
+    np.testing.assert_allclose(model(), factors.prod(axis=0), rtol=1e-14)
+    np.testing.assert_allclose(
+        model.factor_jacobian().factors, _numpy_products_except(factors), rtol=1e-13
+    )
+
+
+def test_jacobian_with_zero_factor():
+    model = mf.DeepDiagonal.saddle(0.3, depth=3, dim=2)
+    jac = np.asarray(model.factor_jacobian().factors)
+    np.testing.assert_allclose(jac[0], 0.09)
+    np.testing.assert_array_equal(jac[1:], 0.0)
+
+
+def test_signed_model():
+    model = mf.SignedDeepDiagonal.random(jax.random.key(0), depth=3, dim=4)
+    u, v = np.asarray(model.u), np.asarray(model.v)
+    np.testing.assert_allclose(model(), u.prod(0) - v.prod(0), rtol=1e-14)
+    jac = model.factor_jacobian()
+    np.testing.assert_allclose(jac.u, _numpy_products_except(u), rtol=1e-13)
+    np.testing.assert_allclose(jac.v, -_numpy_products_except(v), rtol=1e-13)
+    assert model.balance(1.5).shape == (2, 2, 4)
+    np.testing.assert_array_equal(mf.SignedDeepDiagonal.scaled(0.1, depth=2, dim=3)(), 0.0)
+
+
+def test_square_diff():
+    model = mf.SquareDiff(jnp.array([1.0, 2.0]), jnp.array([0.5, 3.0]))
+    np.testing.assert_allclose(model(), [0.75, -5.0])
+    np.testing.assert_allclose(model.factor_jacobian().u, [2.0, 4.0])
+    np.testing.assert_allclose(model.factor_jacobian().v, [-1.0, -6.0])
+    assert model.balance(2.0).shape == (0, 2)
+
+
+@pytest.mark.parametrize("q", [1.0, 1.5, 2.0])
+@pytest.mark.parametrize("depth", [2, 4])
+def test_balanced_init(q, depth):
+    w1 = jnp.array([0.0, -0.4, 0.7])
+    model = mf.DeepDiagonal.balanced(w1, 0.25, q=q, depth=depth)
+    np.testing.assert_array_equal(model.factors[0], w1)
+    np.testing.assert_allclose(model.balance(q), 0.25, rtol=1e-13)
+    assert bool(jnp.all(model.factors[1:] > 0))
+
+
+def test_saddle_init_is_balanced_with_c_lambda_q():
+    lam, q = 0.2, 1.5
+    model = mf.DeepDiagonal.saddle(lam, depth=4, dim=3)
+    np.testing.assert_array_equal(model(), 0.0)
+    np.testing.assert_allclose(model.balance(q), lam**q, rtol=1e-14)
+    reference = mf.DeepDiagonal.balanced(jnp.zeros(3), lam**q, q=q, depth=4)
+    np.testing.assert_allclose(model.factors, reference.factors, rtol=1e-14)
+
+
+def test_random_init_is_seeded():
+    a = mf.DeepDiagonal.random(jax.random.key(3), depth=2, dim=5, scale=0.1)
+    b = mf.DeepDiagonal.random(jax.random.key(3), depth=2, dim=5, scale=0.1)
+    c = mf.DeepDiagonal.random(jax.random.key(4), depth=2, dim=5, scale=0.1)
+    np.testing.assert_array_equal(a.factors, b.factors)
+    assert not np.allclose(a.factors, c.factors)
+
+
+def test_scaled_init_is_differentiable_in_alpha():
+    dx = jax.grad(lambda a: mf.DeepDiagonal.scaled(a, depth=3, dim=1)()[0])(0.5)
+    np.testing.assert_allclose(dx, 3 * 0.5**2)
