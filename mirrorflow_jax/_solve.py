@@ -143,14 +143,14 @@ def _check_setup(flow, params0, loss, t0, t1, saveat, max_steps):
         ts = np.asarray(save_ts)
         if ts.size and (ts.min() < float(t0) or ts.max() > float(t1) or np.any(np.diff(ts) < 0)):
             raise ValueError(f"`saveat` times must be non-decreasing and lie in [{t0}, {t1}].")
-    dim = getattr(loss, "dim", None)
-    x_shape = jax.eval_shape(effective_weights, params0)
-    if dim is not None and getattr(x_shape, "shape", None) != (dim,):
-        raise ValueError(
-            f"`params0` gives effective weights of shape {getattr(x_shape, 'shape', '?')} but "
-            f"`loss` expects shape ({dim},): the model's `dim` must equal the data's d."
-        )
     flow.smoothing_for(params0)
+    dim = getattr(loss, "dim", None)
+    x_shape = getattr(jax.eval_shape(effective_weights, params0), "shape", None)
+    if dim is not None and x_shape is not None and x_shape != (dim,):
+        raise ValueError(
+            f"`params0` gives effective weights of shape {x_shape} but `loss` expects shape "
+            f"({dim},): the model's `dim` must equal the data's d."
+        )
 
 
 def solve_flow(
