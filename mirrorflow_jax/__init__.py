@@ -21,12 +21,18 @@ from ._problems import (
     sparse_classification as sparse_classification,
     sparse_regression as sparse_regression,
 )
+from ._results import load_dataset as load_dataset, save_dataset as save_dataset
 from ._solve import (
     AbstractEscape as AbstractEscape,
     FlowSolution as FlowSolution,
     LossBelow as LossBelow,
     NormAbove as NormAbove,
     solve_flow as solve_flow,
+)
+from ._theory import (
+    escape_regime as escape_regime,
+    metric_exponent as metric_exponent,
+    saddle_speed as saddle_speed,
 )
 
 __version__ = "0.1.0"
