@@ -5,7 +5,7 @@ diagonal reparameterizations with diffrax, following Jacobs, Zhou & Burkholz, "N
 for Reparameterized Steepest Descent as Mirror Flow" (ICLR 2026).
 """
 
-from ._flow import SteepestFlow as SteepestFlow
+from ._flow import AbstractFlow as AbstractFlow, SteepestFlow as SteepestFlow
 from ._geometry import Lp as Lp, steepest_map as steepest_map
 from ._models import (
     AbstractReparam as AbstractReparam,

@@ -1,5 +1,7 @@
-"""The steepest flow dθ/dt = −φ_q(∇F(θ)) − α(t)·θ as a vector field (PAPER.md §1)."""
+"""Flows as vector fields: the interface, and the steepest flow dθ/dt = −φ_q(∇F(θ)) − α(t)·θ
+(PAPER.md §1)."""
 
+import abc
 from collections.abc import Callable
 
 import equinox as eqx
@@ -19,7 +21,36 @@ def _sum_squares(tree) -> Array:
     return sum(jnp.sum(leaf * leaf) for leaf in jax.tree.leaves(tree))
 
 
-class SteepestFlow(eqx.Module):
+class AbstractFlow(eqx.Module):
+    """A continuous-time optimizer: an ODE on a state that holds the parameters.
+
+    ``state = flow.init(params)``; ``dstate/dt = flow(t, state, loss)``;
+    ``params = flow.params_of(state)``. For `SteepestFlow` the state is the parameters
+    themselves; flows with memory (e.g. a continuous-time Adam) carry extra state.
+    `solve_flow` accepts any subclass.
+    """
+
+    @abc.abstractmethod
+    def __call__(self, t: ScalarLike, state, loss: Loss):
+        """The time derivative of ``state``."""
+
+    @abc.abstractmethod
+    def init(self, params: Params):
+        """The initial state for initial parameters ``params``."""
+
+    @abc.abstractmethod
+    def params_of(self, state) -> Params:
+        """The parameters held in ``state``."""
+
+    @abc.abstractmethod
+    def smoothing_for(self, params: Params) -> str | None:
+        """Where the flow smooths its steepest map for these params, or None if it has none.
+
+        Raises ValueError if the flow cannot act on ``params``.
+        """
+
+
+class SteepestFlow(AbstractFlow):
     r"""Steepest flow with coupled and decoupled weight decay.
 
         dθ/dt = −φ_q^ε(∇_θ F(θ)) − α(t)·θ,    F(θ) = f(x(θ)) + (β/2)‖θ‖²
@@ -79,6 +110,12 @@ class SteepestFlow(eqx.Module):
         self.coupled_wd = as_float(coupled_wd)
         self.decoupled_wd = decoupled_wd
         self.smoothing_at = smoothing_at
+
+    def init(self, params: Params) -> Params:
+        return params
+
+    def params_of(self, state: Params) -> Params:
+        return state
 
     def smoothing_for(self, params: Params) -> str:
         """Which smoothing this flow applies to ``params``: "naive" or "structured"."""

@@ -11,7 +11,8 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ._custom_types import Loss, Params, ScalarLike
-from ._flow import SteepestFlow
+from ._flow import AbstractFlow
+from ._geometry import Lp
 from ._models import AbstractReparam, effective_weights
 from ._validate import as_float, check_int, is_concrete
 
@@ -67,8 +68,9 @@ class FlowSolution(eqx.Module):
       none was asked for. Differentiable.
     - ``num_steps``: accepted + rejected solver steps.
     - ``result``: a ``diffrax.RESULTS`` code; see ``ok``.
-    - ``q``, ``eps``: the geometry used; ``smoothing_at``: "naive" or "structured";
-      ``smoothing``: the smoothing kind ("sqrt" or "tanh").
+    - ``geometry``: the flow's `Lp` geometry (q, ε, smoothing kind), or None for flows
+      without one; ``smoothing_at``: "naive" or "structured" (None without a geometry).
+      ``q``, ``eps`` and ``smoothing`` are shortcuts into ``geometry``.
     """
 
     ts: Float[Array, " T"]
@@ -79,10 +81,20 @@ class FlowSolution(eqx.Module):
     event_time: Float[Array, ""]
     num_steps: Int[Array, ""]
     result: diffrax.RESULTS
-    q: Float[Array, ""]
-    eps: Float[Array, ""]
-    smoothing_at: str = eqx.field(static=True)
-    smoothing: str = eqx.field(static=True)
+    geometry: Lp | None
+    smoothing_at: str | None = eqx.field(static=True)
+
+    @property
+    def q(self) -> Array:
+        return self.geometry.q
+
+    @property
+    def eps(self) -> Array:
+        return self.geometry.eps
+
+    @property
+    def smoothing(self) -> str:
+        return self.geometry.smoothing
 
     @property
     def ok(self) -> Bool[Array, "..."]:
@@ -97,8 +109,8 @@ def _vector_field(t, y, args):
 
 def _escape_cond(escape):
     def cond_fn(t, y, args, **kwargs):
-        _, loss, value0 = args
-        x = effective_weights(y)
+        flow, loss, value0 = args
+        x = effective_weights(flow.params_of(y))
         return escape(x, loss(x), value0)
 
     return cond_fn
@@ -122,8 +134,10 @@ def _is_float_array(leaf) -> bool:
 
 
 def _check_setup(flow, params0, loss, t0, t1, saveat, max_steps):
-    if not isinstance(flow, SteepestFlow):
-        raise ValueError(f"`flow` must be a SteepestFlow; got {type(flow).__name__}.")
+    if not isinstance(flow, AbstractFlow):
+        raise ValueError(
+            f"`flow` must be an AbstractFlow such as SteepestFlow; got {type(flow).__name__}."
+        )
     if not callable(loss):
         raise ValueError("`loss` must be a callable f(x) -> scalar (e.g. LeastSquares).")
     check_int("max_steps", max_steps, 1)
@@ -154,7 +168,7 @@ def _check_setup(flow, params0, loss, t0, t1, saveat, max_steps):
 
 
 def solve_flow(
-    flow: SteepestFlow,
+    flow: AbstractFlow,
     params0: Params,
     loss: Loss,
     t1: ScalarLike,
@@ -174,7 +188,8 @@ def solve_flow(
 
     **Arguments:**
 
-    - ``flow``: a `SteepestFlow`.
+    - ``flow``: a `SteepestFlow` (or any `AbstractFlow`; its state starts at
+      ``flow.init(params0)`` and the solution reports ``flow.params_of(state)``).
     - ``params0``: initial parameters: a toolkit model (`DeepDiagonal`, …) or any PyTree of
       floating arrays.
     - ``loss``: f(x) of the effective weights (a `LeastSquares`, `LinearClassification`,
@@ -244,7 +259,7 @@ def _solve(
         t0,
         t1,
         dt0,
-        params0,
+        flow.init(params0),
         args=(flow, loss, value0),
         saveat=saveat,
         stepsize_controller=controller,
@@ -259,21 +274,21 @@ def _solve(
     if escape is not None:
         (ts, final_ts), (ys, _) = ts, ys
         event_time = jnp.where(sol.event_mask, final_ts[-1], event_time)
-    x = jax.vmap(effective_weights)(ys)
+    params = jax.vmap(flow.params_of)(ys)
+    x = jax.vmap(effective_weights)(params)
+    geometry = getattr(flow, "geometry", None)
     balance = None
-    if isinstance(params0, AbstractReparam):
-        balance = jax.vmap(lambda model: model.balance(flow.geometry.q))(ys)
+    if isinstance(params0, AbstractReparam) and geometry is not None:
+        balance = jax.vmap(lambda model: model.balance(geometry.q))(params)
     return FlowSolution(
         ts=ts,
-        params=ys,
+        params=params,
         x=x,
         loss=jax.vmap(loss)(x),
         balance=balance,
         event_time=event_time,
         num_steps=sol.stats["num_steps"],
         result=sol.result,
-        q=flow.geometry.q,
-        eps=flow.geometry.eps,
+        geometry=geometry,
         smoothing_at=flow.smoothing_for(params0),
-        smoothing=flow.geometry.smoothing,
     )
