@@ -7,6 +7,13 @@ for Reparameterized Steepest Descent as Mirror Flow" (ICLR 2026).
 
 from ._flow import AbstractFlow as AbstractFlow, SteepestFlow as SteepestFlow
 from ._geometry import Lp as Lp, steepest_map as steepest_map
+from ._mirror import (
+    DeepDiagonalMirror as DeepDiagonalMirror,
+    MirrorFlow as MirrorFlow,
+    SquareDiffMirror as SquareDiffMirror,
+    implicit_bias as implicit_bias,
+    solve_mirror_flow as solve_mirror_flow,
+)
 from ._models import (
     AbstractReparam as AbstractReparam,
     DeepDiagonal as DeepDiagonal,

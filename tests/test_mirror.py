@@ -1,0 +1,173 @@
+"""The mirror-flow side (PAPER.md §4): potentials against closed forms and quadrature, the
+equivalence of the factor flow with the x-space mirror flow, and the implicit bias."""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy import integrate, optimize
+
+import mirrorflow_jax as mf
+from mirrorflow_jax._mirror import (
+    DeepDiagonalMirror,
+    MirrorFlow,
+    SquareDiffMirror,
+    implicit_bias,
+    solve_mirror_flow,
+)
+
+from .helpers import TIGHT, small_regression
+
+X = jnp.array([-3.0, -0.2, 0.0, 1e-6, 0.5, 10.0, 1e4])
+SHAPES = [(1.0, 2), (1.0, 4), (1.5, 3), (1.25, 5), (2.0, 2), (2.0, 3), (1.75, 3)]
+
+
+@pytest.mark.parametrize("c", [0.5, 1e-3])
+def test_potential_closed_forms(c):
+    hyperbolic = DeepDiagonalMirror(2.0, 2, c)
+    np.testing.assert_allclose(hyperbolic.grad(X), 0.5 * np.arcsinh(2 * X / c), rtol=1e-13)
+    np.testing.assert_allclose(hyperbolic.metric(X), np.sqrt(4 * X**2 + c**2), rtol=1e-13)
+    z = 0.5 * np.arcsinh(2 * X / c)
+    np.testing.assert_allclose(hyperbolic.grad_inverse(z), X, rtol=1e-10, atol=1e-15)
+    depth3 = DeepDiagonalMirror(2.0, 3, c)
+    rho = np.sqrt(depth3.first_factor(X))
+    np.testing.assert_allclose(rho * (rho**2 + c), np.abs(X), rtol=1e-12)
+    expected = np.sign(X) * np.arctan(rho / np.sqrt(c)) / np.sqrt(c)
+    np.testing.assert_allclose(depth3.grad(X), expected, rtol=1e-12, atol=1e-15)
+    sign_flow = DeepDiagonalMirror(1.0, 4, c)  # q = 1: ∇R(x) = w_1
+    np.testing.assert_allclose(sign_flow.grad(X), np.sign(X) * sign_flow.first_factor(X))
+
+
+@pytest.mark.parametrize("q, depth", SHAPES)
+def test_metric_equals_factor_formula_and_inverse_hessian(q, depth):
+    c = 0.3
+    w1 = jnp.array([-1.2, -0.1, 0.0, 0.05, 0.7, 2.0])
+    model = mf.DeepDiagonal.balanced(w1, c, q=q, depth=depth)
+    w = np.abs(np.asarray(model.factors)) ** q
+    by_factors = sum(np.prod(np.delete(w, i, axis=0), axis=0) for i in range(depth))
+    mirror = DeepDiagonalMirror(q, depth, c)
+    x = model()
+    np.testing.assert_allclose(mirror.metric(x), by_factors, rtol=1e-12)
+    np.testing.assert_allclose(mirror.first_factor(x), np.abs(np.asarray(w1)) ** q, atol=1e-14)
+    # ∇²R = 1/h, by central differences of ∇R away from the kink of |x| at 0
+    x, step = x[x != 0], 1e-6 * jnp.maximum(jnp.abs(x[x != 0]), 1e-3)
+    hessian = (mirror.grad(x + step) - mirror.grad(x - step)) / (2 * step)
+    np.testing.assert_allclose(hessian * mirror.metric(x), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("q, depth", SHAPES)
+def test_potential_by_scipy_quadrature(q, depth):
+    mirror = DeepDiagonalMirror(q, depth, 0.3)
+    for x in (-2.5, 0.01, 0.8, 40.0):
+        reference = integrate.quad(lambda s: float(mirror.grad(s)), 0.0, x, epsrel=1e-12)[0]
+        np.testing.assert_allclose(mirror.potential(jnp.array([x])), reference, rtol=1e-9)
+    xs, ys = jnp.array([0.3, -1.0, 2.0]), jnp.array([0.1, 0.5, 2.0])
+    assert float(mirror.bregman(xs, ys)) > 0
+    assert float(mirror.bregman(ys, ys)) == pytest.approx(0.0, abs=1e-14)
+
+
+@pytest.mark.parametrize("q, depth", SHAPES)
+def test_legendre_exactly_when_gradient_is_unbounded(q, depth):
+    """is_legendre ⟺ m ≤ 1, checked against the growth of ∇R: over equal factors of x its
+    increments stay level (log growth) or grow when m ≤ 1, and die out (bounded ∇R) when m > 1."""
+    mirror = DeepDiagonalMirror(q, depth, 0.3)
+    assert bool(mirror.is_legendre) == (mf.metric_exponent(q, depth) <= 1)
+    g8, g16, g32 = mirror.grad(jnp.array([1e8, 1e16, 1e32]))
+    bounded = float(g32 - g16) < 0.5 * float(g16 - g8)
+    assert bounded == (not bool(mirror.is_legendre))
+
+
+GEOMETRIES = [(1.5, 0.0), (2.0, 0.0), (1.0, 1e-3), (1.5, 1e-3)]
+COSINE = optax.cosine_decay_schedule(0.5, decay_steps=1.0)
+
+
+@pytest.mark.parametrize("decay", ["none", "constant", "schedule"])
+@pytest.mark.parametrize("depth", [2, 3, 4])
+def test_factor_flow_equals_mirror_flow(depth, decay):
+    """Thm 4.6: the structured factor flow mapped to x equals the x-space mirror flow."""
+    problem = small_regression()
+    wd = {"none": 0.0, "constant": 0.3, "schedule": COSINE}[decay]
+    w1 = 0.3 * jax.random.normal(jax.random.key(depth), (problem.dim,), dtype=jnp.float64)
+    c, ts = 0.2, jnp.linspace(0.0, 1.0, 5)
+    kwargs = dict(saveat=ts, stepsize_controller=TIGHT)
+
+    def both(q, eps):
+        geometry = mf.Lp(q, eps)
+        model = mf.DeepDiagonal.balanced(w1, c, q=q, depth=depth)
+        factor = mf.solve_flow(
+            mf.SteepestFlow(geometry, decoupled_wd=wd), model, problem, 1.0, **kwargs
+        )
+        mirror_flow = MirrorFlow(geometry, depth=depth, c=c, decoupled_wd=wd)
+        mirror = solve_mirror_flow(mirror_flow, model(), problem, 1.0, **kwargs)
+        return factor, mirror
+
+    factor, mirror = jax.vmap(both)(*jnp.array(GEOMETRIES).T)
+    assert bool(jnp.all(factor.ok & mirror.ok))
+    scale = jnp.max(jnp.abs(factor.x), axis=(1, 2))
+    error = jnp.max(jnp.abs(factor.x - mirror.x), axis=(1, 2)) / scale
+    assert bool(jnp.all(error <= 1e-6)), error
+
+
+def test_naive_smoothing_departs_from_mirror_flow():
+    """Measured: the naive smoothing's x(t) leaves the smoothed mirror flow by O(1e-2)."""
+    problem = small_regression()
+    w1 = 0.3 * jax.random.normal(jax.random.key(3), (problem.dim,), dtype=jnp.float64)
+    geometry, c = mf.Lp(1.0, 1e-3), 0.2
+    model = mf.DeepDiagonal.balanced(w1, c, q=1.0, depth=3)
+    kwargs = dict(saveat=jnp.linspace(0.0, 1.0, 5), stepsize_controller=TIGHT)
+    naive = mf.solve_flow(
+        mf.SteepestFlow(geometry, smoothing_at="naive"), model, problem, 1.0, **kwargs
+    )
+    mirror = solve_mirror_flow(MirrorFlow(geometry, depth=3, c=c), model(), problem, 1.0, **kwargs)
+    departure = float(jnp.max(jnp.abs(naive.x - mirror.x)) / jnp.max(jnp.abs(mirror.x)))
+    print(
+        f"naive smoothing vs mirror flow, q=1, eps=1e-3, L=3: relative departure {departure:.3g}"
+    )
+    assert departure > 1e-3
+
+
+CONVERGED = diffrax.PIDController(rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("c", [1.0, 0.1])
+def test_gradient_flow_limit_is_bregman_argmin(c):
+    """GF at q = 2, L = 2 converges to argmin_{Ax=b} D_R(x, x₀) for every c > 0."""
+    problem = small_regression()
+    w1 = 0.3 * jax.random.normal(jax.random.key(2), (problem.dim,), dtype=jnp.float64)
+    model = mf.DeepDiagonal.balanced(w1, c, q=2.0, depth=2)
+    sol = mf.solve_flow(
+        mf.SteepestFlow(mf.Lp(2.0)), model, problem, 2000.0, stepsize_controller=CONVERGED
+    )
+    assert float(sol.loss[-1]) < 1e-18
+    predicted = implicit_bias(DeepDiagonalMirror(2.0, 2, c), problem.A, problem.b, model())
+    np.testing.assert_allclose(sol.x[-1], predicted, atol=1e-5)
+
+
+def test_square_diff_limit_is_woodworth_potential_argmin():
+    problem = small_regression()
+    alpha = 0.3
+    model = mf.SquareDiff.scaled(alpha, dim=problem.dim)
+    sol = mf.solve_flow(
+        mf.SteepestFlow(mf.Lp(2.0)), model, problem, 5000.0, stepsize_controller=CONVERGED
+    )
+    predicted = implicit_bias(
+        SquareDiffMirror(alpha), problem.A, problem.b, jnp.zeros(problem.dim)
+    )
+    np.testing.assert_allclose(sol.x[-1], predicted, atol=1e-5)
+
+
+def test_small_scale_approaches_minimum_l1():
+    """Q_α → ℓ1 as α → 0: compare the predicted limits with a linear program."""
+    problem = small_regression()
+    A, b = np.asarray(problem.A), np.asarray(problem.b)
+    d = A.shape[1]
+    lp = optimize.linprog(np.ones(2 * d), A_eq=np.hstack([A, -A]), b_eq=b, bounds=(0, None))
+    l1 = lp.x[:d] - lp.x[d:]
+    distance = [
+        float(np.max(np.abs(implicit_bias(SquareDiffMirror(a), A, b, np.zeros(d)) - l1)))
+        for a in (1e-1, 1e-2, 1e-3)
+    ]
+    assert distance[0] > distance[1] > distance[2]
+    assert distance[2] < 1e-3
