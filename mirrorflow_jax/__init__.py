@@ -37,9 +37,13 @@ from ._solve import (
     solve_flow as solve_flow,
 )
 from ._theory import (
+    coupled_penalty as coupled_penalty,
     escape_regime as escape_regime,
+    manifold_regularizer as manifold_regularizer,
     metric_exponent as metric_exponent,
+    penalty_exponent as penalty_exponent,
     saddle_speed as saddle_speed,
+    stationarity_residual as stationarity_residual,
 )
 
 __version__ = "0.1.0"
