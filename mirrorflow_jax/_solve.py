@@ -59,7 +59,8 @@ class FlowSolution(eqx.Module):
 
     **Fields:**
 
-    - ``ts``: save times, shape (T,). Times after a terminating event hold ``inf``.
+    - ``ts``: save times, shape (T,). Times after a terminating event, or after the solve
+      ran out of ``max_steps``, hold ``inf``; a final save at t1 then holds the time reached.
     - ``params``: the parameter PyTree at ``ts`` (leading axis T).
     - ``x``: effective weights at ``ts``, shape (T, dim).
     - ``loss``: f(x) at ``ts``, shape (T,) (without the coupled weight-decay term).
