@@ -5,6 +5,18 @@ diagonal reparameterizations with diffrax, following Jacobs, Zhou & Burkholz, "N
 for Reparameterized Steepest Descent as Mirror Flow" (ICLR 2026).
 """
 
+from ._adam_flow import AdamFlow as AdamFlow, AdamState as AdamState
+from ._discrete import (
+    DiscreteEscape as DiscreteEscape,
+    DiscreteRun as DiscreteRun,
+    run_optimizer as run_optimizer,
+    scale_by_steepest as scale_by_steepest,
+    steepest_descent as steepest_descent,
+    step_times as step_times,
+    steps_at_times as steps_at_times,
+    steps_to_escape as steps_to_escape,
+    trajectory_gap as trajectory_gap,
+)
 from ._flow import AbstractFlow as AbstractFlow, SteepestFlow as SteepestFlow
 from ._geometry import Lp as Lp, steepest_map as steepest_map
 from ._mirror import (

@@ -86,16 +86,16 @@ class FlowSolution(eqx.Module):
     smoothing_at: str | None = eqx.field(static=True)
 
     @property
-    def q(self) -> Array:
-        return self.geometry.q
+    def q(self) -> Array | None:
+        return None if self.geometry is None else self.geometry.q
 
     @property
-    def eps(self) -> Array:
-        return self.geometry.eps
+    def eps(self) -> Array | None:
+        return None if self.geometry is None else self.geometry.eps
 
     @property
-    def smoothing(self) -> str:
-        return self.geometry.smoothing
+    def smoothing(self) -> str | None:
+        return None if self.geometry is None else self.geometry.smoothing
 
     @property
     def ok(self) -> Bool[Array, "..."]:
@@ -185,7 +185,9 @@ def solve_flow(
     adjoint: diffrax.AbstractAdjoint | None = None,
     progress_meter: diffrax.AbstractProgressMeter | None = None,
 ) -> FlowSolution:
-    r"""Integrate dθ/dt = −φ_q^ε(∇F(θ)) − α(t)·θ from ``params0`` over [t0, t1].
+    r"""Integrate a flow from ``params0`` over [t0, t1]: the steepest flow
+    dθ/dt = −φ_q^ε(∇F(θ)) − α(t)·θ of a `SteepestFlow`, or any other `AbstractFlow`
+    (`MirrorFlow`, `AdamFlow`).
 
     **Arguments:**
 
