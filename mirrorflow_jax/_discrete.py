@@ -13,7 +13,7 @@ from ._custom_types import Loss, Params, ScalarLike
 from ._geometry import Lp
 from ._models import effective_weights
 from ._solve import AbstractEscape, FlowSolution
-from ._validate import as_float, check_choice, check_finite, check_int, check_range, is_concrete
+from ._validate import as_float, check_choice, check_int, check_params, check_range, is_concrete
 
 GAP_SPACES = ("x", "params")
 
@@ -165,10 +165,6 @@ def _run(optimizer, params0, loss, num_steps, save_steps):
     return DiscreteRun(steps=save_steps, params=params, x=x, loss=jax.vmap(loss)(x))
 
 
-def _is_float_array(leaf) -> bool:
-    return hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact)
-
-
 def _check_problem(optimizer, params0, loss):
     if not isinstance(optimizer, optax.GradientTransformation):
         raise ValueError(
@@ -177,14 +173,7 @@ def _check_problem(optimizer, params0, loss):
         )
     if not callable(loss):
         raise ValueError("`loss` must be a callable f(x) -> scalar (e.g. LeastSquares).")
-    leaves = jax.tree.leaves(params0)
-    if not leaves or not all(_is_float_array(leaf) for leaf in leaves):
-        raise ValueError(
-            "`params0` must be a PyTree of floating-point arrays (use eqx.partition to split "
-            "off non-array fields of a model)."
-        )
-    for i, leaf in enumerate(leaves):
-        check_finite(f"params0 (leaf {i})", leaf)
+    check_params("params0", params0)
 
 
 def _as_save_steps(save_steps, num_steps: int) -> Int[Array, " S"]:

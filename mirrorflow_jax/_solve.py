@@ -14,7 +14,7 @@ from ._custom_types import Loss, Params, ScalarLike
 from ._flow import AbstractFlow
 from ._geometry import Lp
 from ._models import AbstractReparam, effective_weights
-from ._validate import as_float, check_int, is_concrete
+from ._validate import as_float, check_int, check_params, is_concrete
 
 
 class AbstractEscape(eqx.Module):
@@ -130,10 +130,6 @@ def _as_saveat(saveat) -> diffrax.SaveAt:
     return diffrax.SaveAt(ts=as_float(saveat))
 
 
-def _is_float_array(leaf) -> bool:
-    return hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact)
-
-
 def _check_setup(flow, params0, loss, t0, t1, saveat, max_steps):
     if not isinstance(flow, AbstractFlow):
         raise ValueError(
@@ -144,15 +140,7 @@ def _check_setup(flow, params0, loss, t0, t1, saveat, max_steps):
     check_int("max_steps", max_steps, 1)
     if is_concrete((t0, t1)) and not float(t1) > float(t0):
         raise ValueError(f"`t1` must lie in (t0, inf) = ({float(t0):g}, inf); got {float(t1):g}.")
-    leaves = jax.tree.leaves(params0)
-    if not leaves or not all(_is_float_array(leaf) for leaf in leaves):
-        raise ValueError(
-            "`params0` must be a PyTree of floating-point arrays (use eqx.partition to split "
-            "off non-array fields of a model)."
-        )
-    for i, leaf in enumerate(leaves):
-        if is_concrete(leaf) and not np.all(np.isfinite(np.asarray(leaf))):
-            raise ValueError(f"`params0` must be finite; leaf {i} holds non-finite entries.")
+    check_params("params0", params0)
     save_ts = saveat.subs.ts
     if save_ts is not None and is_concrete(save_ts):
         ts = np.asarray(save_ts)

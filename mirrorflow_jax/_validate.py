@@ -59,3 +59,17 @@ def _show(arr):
         if arr.size == 1
         else f"values in [{np.nanmin(arr):g}, {np.nanmax(arr):g}]"
     )
+
+
+def check_params(name: str, params):
+    """Raise ValueError unless ``params`` is a non-empty PyTree of finite floating arrays."""
+    leaves = jax.tree.leaves(params)
+    if not leaves or not all(
+        hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact) for leaf in leaves
+    ):
+        raise ValueError(
+            f"`{name}` must be a PyTree of floating-point arrays (use eqx.partition to split "
+            "off non-array fields of a model)."
+        )
+    for i, leaf in enumerate(leaves):
+        check_finite(f"{name} (leaf {i})", leaf)

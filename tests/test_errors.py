@@ -87,7 +87,7 @@ def test_shape_mismatch():
 
 
 def test_non_finite_params():
-    _solve_raises(r"`params0` must be finite", params0={"x": jnp.array([jnp.nan, 1.0])})
+    _solve_raises(r"`params0 \(leaf 0\)` must be finite", params0={"x": jnp.array([jnp.nan, 1.0])})
 
 
 def test_non_array_params():
