@@ -29,6 +29,8 @@ from ._mirror import (
 from ._models import (
     AbstractReparam as AbstractReparam,
     DeepDiagonal as DeepDiagonal,
+    PaddedDeepDiagonal as PaddedDeepDiagonal,
+    PaddedSignedDeepDiagonal as PaddedSignedDeepDiagonal,
     SignedDeepDiagonal as SignedDeepDiagonal,
     SquareDiff as SquareDiff,
     effective_weights as effective_weights,
@@ -48,6 +50,7 @@ from ._solve import (
     NormAbove as NormAbove,
     solve_flow as solve_flow,
 )
+from ._sweep import Grid as Grid, sweep as sweep
 from ._theory import (
     coupled_penalty as coupled_penalty,
     escape_regime as escape_regime,

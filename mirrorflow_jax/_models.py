@@ -239,3 +239,164 @@ class SquareDiff(AbstractReparam):
 def effective_weights(params):
     """x for a toolkit model (``params()``); any other PyTree is its own effective weights."""
     return params() if isinstance(params, AbstractReparam) else params
+
+
+def _padded_depth(*stacks: Factors) -> Array:
+    """The depth encoded by zero padding: 1 + the index of the last row (after the first)
+    that is nonzero in any of ``stacks``."""
+    nonzero = jnp.any(jnp.stack(stacks) != 0, axis=(0, 2))
+    rows = jnp.arange(1, stacks[0].shape[0] + 1)
+    return jnp.max(jnp.where(nonzero, rows, 1))
+
+
+def _unit_padding(factors: Factors, depth: Array) -> Factors:
+    """``factors`` with the rows at and after ``depth`` read as unit factors."""
+    real = jnp.arange(factors.shape[0])[:, None] < depth
+    return jnp.where(real, factors, 1.0)
+
+
+def _padded_balance(factors: Factors, depth: Array, q: ScalarLike) -> Array:
+    """|w_i|^q − |w_1|^q for i = 2..max_depth, NaN for padding rows."""
+    padding = jnp.arange(1, factors.shape[0])[:, None] >= depth
+    return jnp.where(padding, jnp.nan, _factor_balance(factors, q))
+
+
+def _truncate(stacks: tuple[Factors, ...], depth) -> tuple[Factors, ...]:
+    """Zero the rows at and after ``depth`` of each stack (the padding), after checking that
+    the padding can be read back: ``depth`` in [1, max_depth], and the last real row nonzero."""
+    max_depth = stacks[0].shape[0]
+    depth = jnp.asarray(depth)
+    if is_concrete(depth):
+        check_int("depth", depth.item() if depth.ndim == 0 else depth, 1)
+        check_range("depth", depth, 1, max_depth)
+    real = jnp.arange(max_depth)[:, None] < depth
+    padded = tuple(jnp.where(real, stack, 0.0) for stack in stacks)
+    bad = (depth < 1) | (depth > max_depth) | (_padded_depth(*padded) != depth)
+    if is_concrete(padded) and is_concrete(depth) and bool(bad):
+        raise ValueError(
+            f"the depth-{int(depth)} factor must not be identically zero: trailing zero factors "
+            "mark padding (a zero factor w_L at init would be read as a shallower model)."
+        )
+    message = "`depth` must lie in [1, max_depth] and the last real factor must be nonzero"
+    return tuple(eqx.error_if(stack, bad, message) for stack in padded)
+
+
+class PaddedDeepDiagonal(AbstractReparam):
+    r"""A `DeepDiagonal` of depth L ≤ max_depth stored in a fixed (max_depth, dim) shape, so that
+    a sweep over L (a traced array) compiles once.
+
+        x = w_1 ⊙ … ⊙ w_L ⊙ 1 ⊙ … ⊙ 1
+
+    The rows after the first L are *padding*: stored as zeros and read as unit factors. A zero
+    row with zero gradient is a fixed point of every steepest flow (any q and ε, either
+    smoothing, coupled or decoupled weight decay), so the padding stays exactly in place, and
+    x, the real factors' velocities and the structured smoothing's P_i = ∏_{j≠i} w_j equal
+    those of the unpadded model. The depth is read back from the padding (1 + the last
+    nonzero row), so the last real factor must not be identically zero (the uniform α = 0
+    init, a stationary point, is the only common init that violates this; during a solve
+    every entry of w_L would have to hit 0.0 at once). It is not a separate field because
+    every floating field of the params is integrated by the flow, and weight decay would
+    shrink a mask.
+
+    ``balance(q)`` is NaN on padding rows (no layer there). The adaptive step-size controller
+    sees the padding's (exactly zero) errors: with diffrax's default RMS norm they loosen the
+    tolerance by √(max_depth/L); ``PIDController(..., norm=optimistix.max_norm)`` makes the
+    padded solve take the unpadded model's steps.
+
+    **Fields:** ``factors``, shape (max_depth, dim).
+
+    **Example:**
+
+    ```python
+    def run(alpha, depth):  # depth: a traced integer in [1, 4]
+        model = PaddedDeepDiagonal.truncated(DeepDiagonal.scaled(alpha, depth=4, dim=d), depth)
+        return solve_flow(flow, model, problem, t1)
+    ```
+    """
+
+    factors: Factors
+
+    def __check_init__(self):
+        if jnp.ndim(self.factors) != 2 or self.factors.shape[0] < 1:
+            raise ValueError(
+                "`factors` must have shape (max_depth, dim) with max_depth >= 1; "
+                f"got shape {jnp.shape(self.factors)}."
+            )
+        check_finite("factors", self.factors)
+
+    @property
+    def max_depth(self) -> int:
+        return self.factors.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.factors.shape[1]
+
+    @property
+    def depth(self) -> Array:
+        """L, read from the padding (an integer array; traced under a sweep)."""
+        return _padded_depth(self.factors)
+
+    def __call__(self) -> Vector:
+        return jnp.prod(_unit_padding(self.factors, self.depth), axis=0)
+
+    def balance(self, q: ScalarLike) -> Array:
+        """|w_i|^q − |w_1|^q, shape (max_depth − 1, dim); NaN on padding rows."""
+        return _padded_balance(self.factors, self.depth, q)
+
+    @classmethod
+    def truncated(cls, model: DeepDiagonal, depth) -> "PaddedDeepDiagonal":
+        """The first ``depth`` factors of ``model`` (depth in [1, model.depth], may be traced),
+        padded to ``model.depth``: e.g. ``truncated(DeepDiagonal.saddle(λ, depth=4, dim=d), 3)``
+        is ``DeepDiagonal.saddle(λ, depth=3, dim=d)`` padded to depth 4."""
+        (factors,) = _truncate((model.factors,), depth)
+        return cls(factors)
+
+
+class PaddedSignedDeepDiagonal(AbstractReparam):
+    r"""A `SignedDeepDiagonal` x = ∏_i u_i − ∏_i v_i of depth L ≤ max_depth in a fixed
+    (max_depth, dim) shape; u and v are padded together, exactly as in `PaddedDeepDiagonal`.
+
+    **Fields:** ``u`` and ``v``, each of shape (max_depth, dim).
+    """
+
+    u: Factors
+    v: Factors
+
+    def __check_init__(self):
+        shapes = (jnp.shape(self.u), jnp.shape(self.v))
+        if len(shapes[0]) != 2 or shapes[0] != shapes[1] or shapes[0][0] < 1:
+            raise ValueError(
+                "`u` and `v` must have the same shape (max_depth, dim) with max_depth >= 1; "
+                f"got {shapes[0]} and {shapes[1]}."
+            )
+        check_finite("u", self.u)
+        check_finite("v", self.v)
+
+    @property
+    def max_depth(self) -> int:
+        return self.u.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.u.shape[1]
+
+    @property
+    def depth(self) -> Array:
+        """L, read from the padding of u and v together."""
+        return _padded_depth(self.u, self.v)
+
+    def __call__(self) -> Vector:
+        depth = self.depth
+        u, v = _unit_padding(self.u, depth), _unit_padding(self.v, depth)
+        return jnp.prod(u, axis=0) - jnp.prod(v, axis=0)
+
+    def balance(self, q: ScalarLike) -> Array:
+        """Balance of u and v stacked, shape (2, max_depth − 1, dim); NaN on padding rows."""
+        depth = self.depth
+        return jnp.stack([_padded_balance(w, depth, q) for w in (self.u, self.v)])
+
+    @classmethod
+    def truncated(cls, model: SignedDeepDiagonal, depth) -> "PaddedSignedDeepDiagonal":
+        """The first ``depth`` factors of ``model``'s u and v, padded to ``model.depth``."""
+        return cls(*_truncate((model.u, model.v), depth))

@@ -1,0 +1,642 @@
+"""Sweeps: run one function over a grid of hyperparameters as one compiled program, on one
+device or many, checkpointed chunk by chunk, and label the results as an `xarray.Dataset`."""
+
+import dataclasses
+import inspect
+import json
+import math
+import os
+import pathlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import diffrax
+import jax
+import numpy as np
+import xarray as xr
+from jax.experimental import multihost_utils
+from jax.extend.core import ClosedJaxpr, jaxpr_as_fun, jaxprs_in_params
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from ._results import load_dataset, provenance, save_dataset
+from ._solve import FlowSolution
+from ._validate import check_choice, check_int
+
+STRATEGIES = ("auto", "vmap", "map", "batched")
+MEMBERS = "members"  # the mesh axis that the sweep's members are sharded over
+STATUS_NAMES = ("ok", "finite")
+RESULT_NAMES = ("successful", "event_occurred", "max_steps_reached", "dt_min_reached", "nonfinite")
+
+
+# ----------------------------------------------------------------------------- grid
+
+
+def _axis(name: str, values) -> tuple[str, np.ndarray]:
+    if not name.isidentifier():
+        raise ValueError(
+            f"grid axis names must be Python identifiers (they are passed to `fn` as keywords); "
+            f"got {name!r}."
+        )
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"grid axis `{name}` must be 1-D; got shape {array.shape}.")
+    if array.size == 0:
+        raise ValueError(f"grid axis `{name}` is empty; give it at least one value.")
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"grid axis `{name}` must hold numbers; got dtype {array.dtype}.")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise ValueError(f"grid axis `{name}` must be finite; got {array.tolist()}.")
+    return name, array
+
+
+@dataclasses.dataclass(frozen=True, eq=False, init=False)
+class Grid:
+    r"""Named axes of hyperparameter values: a Cartesian product of *blocks*, each block one
+    axis or several axes walked together (zipped).
+
+    - ``Grid(alpha=[...], q=[...])``: the product of the axes (``len(alpha)·len(q)`` members).
+    - ``Grid.zip(q=[1, 1.5, 2], eps=[1e-3, 0, 0])``: axes of equal length, walked together.
+    - ``grid_a * grid_b``: the product of two grids.
+
+    Values are real numbers, booleans or integers (a ``seed`` axis of integers is how seeds are
+    swept: ``fn`` builds ``jax.random.key(seed)`` itself). Each block is one dimension of the
+    result; a zipped block is named after its first axis and carries the others as
+    coordinates along it.
+
+    **Example:**
+
+    ```python
+    grid = Grid(alpha=np.logspace(-3, -1, 8), seed=np.arange(4)) * Grid.zip(
+        q=[1.0, 1.5, 2.0], eps=[1e-3, 0.0, 0.0]
+    )  # 8 · 4 · 3 = 96 members, dims (alpha, seed, q)
+    ```
+
+    Raises ValueError, naming the axis, for an empty or non-numeric axis, zipped axes of
+    different lengths, or an axis that appears twice.
+    """
+
+    blocks: tuple[tuple[tuple[str, np.ndarray], ...], ...]
+
+    def __init__(self, **axes):
+        self._set(tuple((_axis(name, values),) for name, values in axes.items()))
+
+    @classmethod
+    def zip(cls, **axes) -> "Grid":
+        """One block whose axes (of equal lengths) are walked together."""
+        block = tuple(_axis(name, values) for name, values in axes.items())
+        lengths = {name: len(values) for name, values in block}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"zipped grid axes must have equal lengths; got {lengths}.")
+        grid = cls.__new__(cls)
+        grid._set((block,) if block else ())
+        return grid
+
+    def _set(self, blocks):
+        if not blocks:
+            raise ValueError("a Grid needs at least one axis, e.g. Grid(alpha=[0.1, 0.2]).")
+        names = [name for block in blocks for name, _ in block]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"grid axis `{name}` appears twice.")
+        object.__setattr__(self, "blocks", blocks)
+
+    def __mul__(self, other: "Grid") -> "Grid":
+        if not isinstance(other, Grid):
+            return NotImplemented
+        grid = Grid.__new__(Grid)
+        grid._set(self.blocks + other.blocks)
+        return grid
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every axis name, block by block."""
+        return tuple(name for block in self.blocks for name, _ in block)
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        """One dimension per block, named after its first axis."""
+        return tuple(block[0][0] for block in self.blocks)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(block[0][1]) for block in self.blocks)
+
+    @property
+    def size(self) -> int:
+        """The number of members."""
+        return math.prod(self.shape)
+
+    def members(self) -> dict[str, np.ndarray]:
+        """Each axis's value for every member, flattened in C order over ``dims``."""
+        index = np.unravel_index(np.arange(self.size), self.shape)
+        return {
+            name: values[index[i]] for i, block in enumerate(self.blocks) for name, values in block
+        }
+
+    def coords(self) -> dict[str, tuple[str, np.ndarray]]:
+        """xarray coordinates: every axis along its block's dimension."""
+        return {name: (block[0][0], values) for block in self.blocks for name, values in block}
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready description (recorded in the result's attrs)."""
+        return {
+            "dims": list(self.dims),
+            "axes": {name: values.tolist() for name, (_, values) in self.coords().items()},
+        }
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_signature(fn: Callable, grid: Grid):
+    """Every axis must be a keyword of ``fn``, and every required keyword an axis."""
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a callable without a signature: nothing to check
+        return
+    keywords = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    takes_any = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    for name in grid.names:
+        if not takes_any and (name not in parameters or parameters[name].kind not in keywords):
+            raise ValueError(
+                f"grid axis `{name}` is not a parameter of `fn`, which takes "
+                f"({', '.join(parameters)})."
+            )
+    for name, p in parameters.items():
+        required = p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        if required and name not in grid.names:
+            raise ValueError(
+                f"`fn` parameter `{name}` has no grid axis and no default; add an axis "
+                f"`{name}` or bind it with functools.partial."
+            )
+
+
+def _check_devices(devices) -> list:
+    devices = jax.devices() if devices is None else list(devices)
+    if not devices or not all(isinstance(d, jax.Device) for d in devices):
+        raise ValueError("`devices` must be a non-empty sequence of jax devices, or None.")
+    if len(set(devices)) != len(devices):
+        raise ValueError("`devices` must not repeat a device.")
+    return devices
+
+
+def _check_sizes(strategy: str, batch_size, chunk_size):
+    check_choice("strategy", strategy, STRATEGIES)
+    if (strategy == "batched") != (batch_size is not None):
+        raise ValueError("`batch_size` (an integer >= 1) goes with strategy='batched' only.")
+    if batch_size is not None:
+        check_int("batch_size", batch_size, 1)
+    if chunk_size is not None:
+        check_int("chunk_size", chunk_size, 1)
+
+
+def _check_names(grid: Grid, records: dict[str, tuple], template):
+    """Result variables and dimensions must not clash with each other or with grid axes."""
+    names = list(records) + list(STATUS_NAMES)
+    names += ["ts"] if isinstance(template, FlowSolution) else []
+    dims = {dim for dims, _ in records.values() for dim in dims}
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"`fn` returns two outputs that would both be named `{name}`.")
+    for name in grid.names:
+        if name in names or name in dims:
+            raise ValueError(
+                f"grid axis `{name}` clashes with a result variable or dimension of that "
+                f"name ({sorted(set(names) | set(dims))}); rename the axis."
+            )
+
+
+# ----------------------------------------------------------------------------- tracing
+
+
+@dataclasses.dataclass(frozen=True)
+class _Traced:
+    """``fn`` traced once for one member: its jaxpr, and its output as ShapeDtypeStructs."""
+
+    jaxpr: ClosedJaxpr
+    template: Any
+
+    @property
+    def treedef(self):
+        return jax.tree.structure(self.template)
+
+
+def _member_dtype(values: np.ndarray):
+    return jax.dtypes.canonicalize_dtype(values.dtype)
+
+
+def _trace(fn: Callable, grid: Grid) -> _Traced:
+    example = {
+        name: jax.ShapeDtypeStruct((), _member_dtype(values))
+        for name, values in grid.members().items()
+    }
+    jaxpr, template = jax.make_jaxpr(lambda values: fn(**values), return_shape=True)(example)
+    return _Traced(jaxpr, template)
+
+
+def _has_while(jaxpr) -> bool:
+    return any(
+        eqn.primitive.name == "while" or any(map(_has_while, jaxprs_in_params(eqn.params)))
+        for eqn in jaxpr.eqns
+    )
+
+
+def _auto_strategy(traced: _Traced, platform: str) -> str:
+    """vmap on accelerators; on CPU, ``lax.map`` when a member runs a data-dependent loop
+    (an adaptive solve), since vmapped loops run in lockstep until the slowest member is done,
+    and vmap otherwise."""
+    if platform != "cpu":
+        return "vmap"
+    return "map" if _has_while(traced.jaxpr.jaxpr) else "vmap"
+
+
+# ----------------------------------------------------------------------------- program
+
+
+def _program(traced: _Traced, strategy: str, batch_size, mesh: Mesh) -> Callable:
+    """jit(shard_map(strategy over members)): consts replicated, members split over ``mesh``."""
+
+    def local(consts, values):
+        member_fn = jaxpr_as_fun(ClosedJaxpr(traced.jaxpr.jaxpr, consts))
+
+        def member(value):
+            return member_fn(*jax.tree.leaves(value))
+
+        if strategy == "vmap":
+            return jax.vmap(member)(values)
+        return jax.lax.map(member, values, batch_size=batch_size)
+
+    sharded = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(PartitionSpec(), PartitionSpec(MEMBERS)),
+        out_specs=PartitionSpec(MEMBERS),
+        check_vma=False,
+    )
+    return jax.jit(sharded)
+
+
+def _put(tree, sharding: NamedSharding):
+    """Place host values on the mesh (each process supplies the shards it addresses)."""
+    return jax.tree.map(
+        lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda index: x[index]),
+        tree,
+    )
+
+
+@dataclasses.dataclass
+class _Runner:
+    """Compiles the program on first use and runs chunks of members through it."""
+
+    traced: _Traced
+    strategy: str
+    batch_size: int | None
+    mesh: Mesh
+    padded_size: int  # members per call: the chunk size rounded up to the device count
+    compiled: Any = None
+    consts: Any = None
+    compile_seconds: float = 0.0
+
+    def _compile(self, values):
+        start = time.perf_counter()
+        self.consts = _put(
+            list(self.traced.jaxpr.consts), NamedSharding(self.mesh, PartitionSpec())
+        )
+        program = _program(self.traced, self.strategy, self.batch_size, self.mesh)
+        self.compiled = program.trace(self.consts, values).lower().compile()
+        self.compile_seconds = time.perf_counter() - start
+
+    def __call__(self, members: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs (flat leaves, leading axis = member) for a chunk of members."""
+        size = len(next(iter(members.values())))
+        index = np.minimum(np.arange(self.padded_size), size - 1)  # pad with the last member
+        values = {
+            name: np.asarray(v[index], dtype=_member_dtype(v)) for name, v in members.items()
+        }
+        values = _put(values, NamedSharding(self.mesh, PartitionSpec(MEMBERS)))
+        if self.compiled is None:
+            self._compile(values)
+        out = self.compiled(self.consts, values)
+        return [np.asarray(leaf)[:size] for leaf in multihost_utils.process_allgather(out, True)]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+@dataclasses.dataclass(frozen=True)
+class _ChunkStore:
+    """Finished chunks as netCDF files (written atomically by `save_dataset`), each stamped
+    with the sweep's fingerprint so that a directory cannot be resumed by a different sweep."""
+
+    directory: pathlib.Path
+    fingerprint: str
+
+    def path(self, k: int) -> pathlib.Path:
+        return self.directory / f"chunk_{k:06d}.nc"
+
+    def done(self, k: int) -> bool:
+        return self.path(k).exists()
+
+    def load(self, k: int) -> list[np.ndarray]:
+        ds = load_dataset(self.path(k))
+        if ds.attrs.get("sweep_fingerprint") != self.fingerprint:
+            raise ValueError(
+                f"`checkpoint_dir` {self.directory} holds chunks of a different sweep (grid, "
+                "chunk_size or outputs differ); use a new directory."
+            )
+        return [ds[f"leaf_{i}"].values for i in range(len(ds.data_vars))]
+
+    def save(self, k: int, leaves: list[np.ndarray]):
+        if jax.process_index() != 0:
+            return
+        ds = xr.Dataset(
+            {
+                f"leaf_{i}": (("member",) + tuple(f"leaf_{i}_{j}" for j in range(1, a.ndim)), a)
+                for i, a in enumerate(leaves)
+            },
+            attrs={"sweep_fingerprint": self.fingerprint},
+        )
+        save_dataset(ds, self.path(k))
+
+
+def _fingerprint(grid: Grid, chunk_size: int, traced: _Traced) -> str:
+    leaves = [[list(leaf.shape), str(leaf.dtype)] for leaf in jax.tree.leaves(traced.template)]
+    return json.dumps({"grid": grid.describe(), "chunk_size": chunk_size, "outputs": leaves})
+
+
+def _chunks(members: dict[str, np.ndarray], size: int, chunk_size: int):
+    for start in range(0, size, chunk_size):
+        yield {name: values[start : start + chunk_size] for name, values in members.items()}
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def _leaf_name(path) -> str:
+    keys = (getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
+    return "_".join(str(key).strip("_") for key in keys) or "value"
+
+
+def _named_leaves(tree) -> list[tuple[str, Any]]:
+    return [(_leaf_name(p), leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _trailing_dims(name: str, shape: tuple[int, ...], coordinate: int | None) -> tuple:
+    """Names for a variable's own axes; a last axis of the effective weights' length is
+    ``coordinate``."""
+    dims = [f"{name}_dim{i}" for i in range(len(shape))]
+    if dims and shape[-1] == coordinate:
+        dims[-1] = "coordinate"
+    return tuple(dims)
+
+
+def _result_code(result) -> Any:
+    """The integer code inside a ``diffrax.RESULTS`` item."""
+    (code,) = jax.tree.leaves(result)
+    return code
+
+
+def _solution_records(sol: FlowSolution, n: int, grid: Grid) -> dict[str, tuple]:
+    """{name: (dims after the grid's, array)} for a FlowSolution whose leaves have ``n`` grid
+    axes in front. ``ts`` is left to `_time_coordinate`."""
+    x_leaves = jax.tree.leaves(sol.x)
+    single = len(x_leaves) == 1 and x_leaves[0].ndim == n + 2
+    coordinate = x_leaves[0].shape[-1] if single else None
+    trajectories = {"x": sol.x, "loss": sol.loss, "params": sol.params, "balance": sol.balance}
+    records = {
+        name: (("t",) + _trailing_dims(name, leaf.shape[n + 1 :], coordinate), leaf)
+        for name, leaf in _named_leaves(trajectories)
+    }
+    scalars = {"event_time": sol.event_time, "num_steps": sol.num_steps}
+    scalars["result"] = _result_code(sol.result)
+    if sol.geometry is not None:  # q and ε are recorded unless they are grid axes already
+        geometry = {"q": sol.geometry.q, "eps": sol.geometry.eps}
+        scalars |= {k: v for k, v in geometry.items() if k not in grid.names}
+    return records | {name: ((), value) for name, value in scalars.items()}
+
+
+def _records(out, n: int, grid: Grid) -> dict[str, tuple]:
+    if isinstance(out, FlowSolution):
+        return _solution_records(out, n, grid)
+    return {
+        name: (_trailing_dims(name, leaf.shape[n:], None), leaf)
+        for name, leaf in _named_leaves(out)
+    }
+
+
+def _time_coordinate(ts: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(``t`` coordinate, None) when every member saved at the same times (times after an
+    event are inf and not compared); otherwise (None, ``ts`` as a variable)."""
+    flat = ts.reshape(-1, ts.shape[-1])
+    reached = np.isfinite(flat)
+    common = np.where(reached, flat, -np.inf).max(axis=0)
+    if np.all(~reached | (flat == common)):
+        return np.where(np.isfinite(common), common, np.nan), None
+    return None, ts
+
+
+def _all_finite(leaf: np.ndarray, n: int, reached: np.ndarray | None) -> np.ndarray:
+    """Per member: every entry finite (entries at times not reached are skipped)."""
+    finite = np.isfinite(leaf)
+    if reached is not None:
+        finite |= ~reached.reshape(reached.shape + (1,) * (leaf.ndim - reached.ndim))
+    return finite.reshape(leaf.shape[:n] + (-1,)).all(axis=-1)
+
+
+def _status(out, n: int, grid_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """``finite`` (no NaN/inf in the state) and ``ok`` (finite, and the solve succeeded)."""
+    if isinstance(out, FlowSolution):
+        reached = np.isfinite(out.ts)
+        checked = jax.tree.leaves((out.x, out.loss, out.params))
+        ok = np.asarray(diffrax.is_okay(out.result))
+    else:
+        reached = None
+        checked = jax.tree.leaves(out)
+        ok = np.ones(grid_shape, bool)
+    finite = np.ones(grid_shape, bool)
+    for leaf in checked:
+        if np.issubdtype(leaf.dtype, np.inexact):
+            finite &= _all_finite(leaf, n, reached)
+    return {"ok": finite & ok, "finite": finite}
+
+
+def _solution_attrs(template) -> dict[str, Any]:
+    if not isinstance(template, FlowSolution):
+        return {}
+    codes = {name: int(_result_code(getattr(diffrax.RESULTS, name))) for name in RESULT_NAMES}
+    attrs = {"result_codes": codes}
+    if template.geometry is not None:
+        attrs |= {"smoothing": template.smoothing, "smoothing_at": template.smoothing_at}
+    return attrs
+
+
+def _dataset(grid: Grid, traced: _Traced, leaves: list[np.ndarray], attrs: dict) -> xr.Dataset:
+    n = len(grid.shape)
+    shaped = [leaf.reshape(grid.shape + leaf.shape[1:]) for leaf in leaves]
+    out = jax.tree.unflatten(traced.treedef, shaped)
+    data = {name: (grid.dims + dims, a) for name, (dims, a) in _records(out, n, grid).items()}
+    data |= {name: (grid.dims, a) for name, a in _status(out, n, grid.shape).items()}
+    coords = dict(grid.coords())
+    if isinstance(out, FlowSolution):
+        t, ts = _time_coordinate(out.ts)
+        if t is not None:
+            coords["t"] = ("t", t)
+        else:
+            data["ts"] = (grid.dims + ("t",), ts)
+    return xr.Dataset(data, coords=coords, attrs=attrs | _solution_attrs(traced.template))
+
+
+# ----------------------------------------------------------------------------- sweep
+
+
+def sweep(
+    fn: Callable[..., Any],
+    grid: Grid,
+    *,
+    strategy: str = "auto",
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    progress: bool | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    r"""Evaluate ``fn(**member)`` for every member of ``grid`` in one compiled program.
+
+    ``fn`` acts on one configuration (each axis arrives as a 0-d array, traced) and returns a
+    `FlowSolution` or any PyTree of arrays. It is traced once, whatever the grid: hyperparameters
+    must enter as arrays (``Lp(q, eps)``, ``SteepestFlow(decoupled_wd=wd)``, ``jax.random.key(
+    seed)``), and depth through `PaddedDeepDiagonal`.
+
+    **Strategies** (how one device evaluates its members):
+
+    - ``"vmap"``: one batched call. Adaptive solves then run in lockstep: every member takes
+      as many steps as the slowest one (cheap on GPU, costly on CPU when step counts differ).
+    - ``"map"``: ``lax.map``, one member after another inside the compiled program.
+    - ``"batched"``: ``lax.map`` over vmapped batches of ``batch_size`` members (chunked vmap).
+    - ``"auto"``: vmap on GPU/TPU; on CPU, map if ``fn`` contains a data-dependent loop (an
+      adaptive solve), else vmap.
+
+    **Devices:** members are split over ``devices`` (default: all devices, every host's once
+    `jax.distributed` is initialized) with ``jax.shard_map``; each device runs the strategy on
+    its share.
+
+    **Chunks and checkpoints:** the grid runs ``chunk_size`` members per call of the compiled
+    program (default: all at once; the last chunk is padded with copies of its last member, so
+    there is one compilation). With ``checkpoint_dir`` every finished chunk is written there
+    atomically (netCDF), and a rerun with the same grid, chunk_size and output shapes loads
+    finished chunks instead of recomputing them; a killed run leaves only whole files. The
+    check cannot see inside ``fn``: after changing it, use a new directory. Only process 0
+    writes; on several hosts the directory must be shared. ``progress`` shows a bar over chunks
+    with an ETA (default: when there is more than one chunk).
+
+    **Arguments:**
+
+    - ``fn``: callable taking every grid axis as a keyword (others need defaults).
+    - ``grid``: a `Grid`.
+    - ``strategy``, ``batch_size``, ``chunk_size``, ``devices``, ``checkpoint_dir``,
+      ``progress``: as above.
+    - ``attrs``: extra attributes (e.g. the experiment's config) for the result.
+
+    **Returns:** an ``xarray.Dataset`` with one dimension per grid block (axes as coordinates)
+    and, per member:
+
+    - for a `FlowSolution`: ``x``, ``loss``, ``params_*``, ``balance`` along time ``t`` (a
+      coordinate when all members saved at the same times, else a ``ts`` variable),
+      ``event_time``, ``num_steps``, ``result`` (a ``diffrax.RESULTS`` code; names in
+      ``attrs["result_codes"]``), and the geometry's ``q``/``eps`` unless they are axes;
+    - for any other PyTree: one variable per leaf, named by its path;
+    - ``finite`` (no NaN/inf in the outputs at the times reached) and ``ok`` (finite, and the
+      solve succeeded). A failed member (max_steps reached, non-finite) is marked, never
+      dropped, and does not disturb the others.
+
+    ``attrs`` hold the grid, the strategy used, chunk and device counts, trace/compile/run
+    seconds, chunks resumed, package and jax versions, and ``attrs``.
+
+    **Example:**
+
+    ```python
+    problem = sparse_regression(jax.random.key(0), n=40, d=100, k=5)
+
+    def run(alpha, q, eps):
+        flow = SteepestFlow(Lp(q, eps))
+        model = SignedDeepDiagonal.scaled(alpha, depth=3, dim=100)
+        return solve_flow(flow, model, problem, 100.0)
+
+    grid = Grid(alpha=np.logspace(-3, -1, 8)) * Grid.zip(q=[1.0, 1.5, 2.0], eps=[1e-3, 0, 0])
+    ds = sweep(run, grid)  # ds.loss.sel(q=1.0, t=100.0), ds.ok, ds.num_steps, ...
+    ```
+
+    Raises ValueError before tracing for a bad argument or a grid axis that ``fn`` does not
+    take, and before compiling for result names that clash with grid axes.
+    """
+    if not callable(fn):
+        raise ValueError("`fn` must be callable: fn(**member) -> FlowSolution or PyTree.")
+    if not isinstance(grid, Grid):
+        raise ValueError(f"`grid` must be a Grid; got {type(grid).__name__}.")
+    _check_sizes(strategy, batch_size, chunk_size)
+    _check_signature(fn, grid)
+    devices = _check_devices(devices)
+    chunk_size = min(chunk_size or grid.size, grid.size)
+
+    start = time.perf_counter()
+    traced = _trace(fn, grid)
+    trace_seconds = time.perf_counter() - start
+    _check_names(grid, _records(traced.template, 0, grid), traced.template)
+
+    chosen = _auto_strategy(traced, devices[0].platform) if strategy == "auto" else strategy
+    per_device = math.ceil(chunk_size / len(devices))
+    runner = _Runner(
+        traced,
+        chosen,
+        None if batch_size is None else min(batch_size, per_device),
+        Mesh(np.array(devices), (MEMBERS,)),
+        per_device * len(devices),
+    )
+    store = None
+    if checkpoint_dir is not None:
+        pathlib.Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        store = _ChunkStore(pathlib.Path(checkpoint_dir), _fingerprint(grid, chunk_size, traced))
+
+    chunks = list(_chunks(grid.members(), grid.size, chunk_size))
+    resumed = [k for k in range(len(chunks)) if store is not None and store.done(k)]
+    show = len(chunks) > 1 if progress is None else progress
+    bar = tqdm(
+        total=len(chunks),
+        initial=len(resumed),
+        unit="chunk",
+        desc="sweep",
+        disable=not show or jax.process_index() != 0,
+    )
+    start = time.perf_counter()
+    results = []
+    with bar:
+        for k, members in enumerate(chunks):
+            if k in resumed:
+                results.append(store.load(k))
+                continue
+            results.append(runner(members))
+            if store is not None:
+                store.save(k, results[-1])
+            bar.update()
+    leaves = [np.concatenate(parts) for parts in zip(*results, strict=True)]
+    run_seconds = time.perf_counter() - start - runner.compile_seconds
+
+    info = {
+        "grid": grid.describe(),
+        "strategy": chosen,
+        "requested_strategy": strategy,
+        "chunk_size": chunk_size,
+        "num_chunks": len(chunks),
+        "chunks_resumed": len(resumed),
+        "num_devices": len(devices),
+        "platform": devices[0].platform,
+        "trace_seconds": trace_seconds,
+        "compile_seconds": runner.compile_seconds,
+        "run_seconds": run_seconds,
+    }
+    if runner.batch_size is not None:
+        info["batch_size"] = runner.batch_size
+    return _dataset(grid, traced, leaves, info | provenance() | dict(attrs or {}))

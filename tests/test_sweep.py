@@ -1,0 +1,305 @@
+"""sweep: grids, one trace per sweep, padded depth, strategies, devices, checkpoints, failures."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import xarray as xr
+
+import mirrorflow_jax as mf
+from mirrorflow_jax._models import PaddedDeepDiagonal
+from mirrorflow_jax._sweep import Grid, _time_coordinate, sweep
+
+from . import sweep_script as script
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "sweep_script.py")
+
+
+def _start(mode: str, directory, **env) -> subprocess.Popen:
+    (directory / "out").mkdir()
+    command = [sys.executable, SCRIPT, mode, str(directory / "out")]
+    with open(directory / "stderr.log", "wb") as log:
+        return subprocess.Popen(command, env=dict(os.environ, **env), stderr=log)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def processes(tmp_path_factory):
+    """The two fresh-process sweeps, started first so that they run alongside the tests here."""
+    started = {}
+    for name, mode, env in (
+        ("killed", "checkpoint", {"SWEEP_KILL": "1"}),
+        ("devices", "devices", {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}),
+    ):
+        directory = tmp_path_factory.mktemp(name)
+        started[name] = (directory, _start(mode, directory, **env))
+    yield started
+    for _, process in started.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _finished(processes, name: str, returncode: int):
+    """The process's output folder, once it has exited with ``returncode``."""
+    directory, process = processes[name]
+    process.wait(timeout=600)
+    log = (directory / "stderr.log").read_text()[-3000:]
+    assert process.returncode == returncode, log
+    return directory / "out"
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    return tmp_path_factory.mktemp("depth_sweep")
+
+
+@pytest.fixture(scope="module")
+def depth_sweep(checkpoints):
+    """α × q × depth × ε on one device with the auto strategy, in 4 checkpointed chunks."""
+    script.TRACES["count"] = 0
+    ds = sweep(script.padded_member, script.DEPTH_GRID, chunk_size=5, checkpoint_dir=checkpoints)
+    return ds, script.TRACES["count"]
+
+
+def _depth2_reference(processes) -> dict[str, np.ndarray]:
+    """The unpadded depth-2 model at every (α, q, ε) of DEPTH2 (plain vmap, another process)."""
+    with np.load(_finished(processes, "devices", 0) / "depth2.npz") as saved:
+        reference = dict(saved)
+    assert reference["ok"].all()
+    return reference
+
+
+# ----------------------------------------------------------------------------- grids
+
+
+def test_grid_product_and_zip():
+    grid = Grid(alpha=[0.1, 0.2], seed=np.arange(3)) * Grid.zip(q=[1.0, 2.0], eps=[1e-3, 0.0])
+    assert grid.dims == ("alpha", "seed", "q") and grid.shape == (2, 3, 2) and grid.size == 12
+    members = grid.members()
+    assert members["seed"].dtype.kind == "i"
+    combos = set(zip(*(members[k].tolist() for k in ("alpha", "seed", "q", "eps")), strict=True))
+    expected = {(a, s, q, e) for a in (0.1, 0.2) for s in range(3) for q, e in ((1, 1e-3), (2, 0))}
+    assert combos == expected
+    assert grid.coords()["eps"][0] == "q"
+
+
+@pytest.mark.parametrize(
+    "make, pattern",
+    [
+        (lambda: Grid(alpha=[]), r"grid axis `alpha` is empty"),
+        (lambda: Grid(alpha=[0.1], q=np.ones((2, 2))), r"grid axis `q` must be 1-D"),
+        (lambda: Grid(alpha=["a", "b"]), r"grid axis `alpha` must hold numbers"),
+        (lambda: Grid(alpha=[0.1, np.nan]), r"grid axis `alpha` must be finite"),
+        (lambda: Grid.zip(q=[1.0, 2.0], eps=[0.0]), r"equal lengths; got \{'q': 2, 'eps': 1\}"),
+        (lambda: Grid(alpha=[1.0]) * Grid(alpha=[2.0]), r"grid axis `alpha` appears twice"),
+        (lambda: Grid(), r"needs at least one axis"),
+    ],
+)
+def test_bad_grids(make, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        make()
+
+
+def _generic(a, b, seed):
+    script.TRACES["count"] += 1
+    noise = jax.random.normal(jax.random.key(seed), ())
+    return {"y": a * jnp.arange(3.0) + b, "log_a": jnp.log(a), "noise": noise}
+
+
+@pytest.mark.parametrize(
+    "grid, kwargs, pattern",
+    [
+        (Grid(a=[1.0], b=[0.0], seed=[0], c=[1.0]), {}, r"grid axis `c` is not a parameter"),
+        (Grid(a=[1.0], b=[0.0]), {}, r"`fn` parameter `seed` has no grid axis"),
+        (Grid(a=[1.0], b=[0.0], seed=[0]), {"strategy": "pmap"}, r"`strategy` must be one of"),
+        (
+            Grid(a=[1.0], b=[0.0], seed=[0]),
+            {"batch_size": 2},
+            r"`batch_size` .*strategy='batched' only",
+        ),
+        (Grid(a=[1.0], b=[0.0], seed=[0]), {"chunk_size": 0}, r"`chunk_size` must be an integer"),
+        (Grid(a=[1.0], b=[0.0], seed=[0]), {"devices": []}, r"`devices` must be a non-empty"),
+    ],
+)
+def test_bad_sweeps_raise_before_tracing(grid, kwargs, pattern):
+    before = script.TRACES["count"]
+    with pytest.raises(ValueError, match=pattern):
+        sweep(_generic, grid, **kwargs)
+    assert script.TRACES["count"] == before
+
+
+def test_axis_clashing_with_a_result_raises_before_compiling():
+    def fn(a, y):
+        return {"y": a * y}
+
+    with pytest.raises(ValueError, match=r"grid axis `y` clashes with a result"):
+        sweep(fn, Grid(a=[1.0], y=[2.0]))
+
+
+# ----------------------------------------------------------------------------- strategies
+
+
+@pytest.mark.parametrize(
+    "strategy, batch_size", [("vmap", None), ("map", None), ("batched", 2), ("auto", None)]
+)
+def test_strategies_on_a_pytree_output(strategy, batch_size):
+    grid = Grid(a=[0.5, -1.0, 2.0], seed=[0, 7]) * Grid.zip(b=[0.0, 1.0])
+    script.TRACES["count"] = 0
+    ds = sweep(_generic, grid, strategy=strategy, batch_size=batch_size, chunk_size=4)
+    assert script.TRACES["count"] == 1
+    assert ds.attrs["strategy"] == ("vmap" if strategy == "auto" else strategy)  # no while loop
+    for a in (0.5, -1.0, 2.0):
+        for seed in (0, 7):
+            for b in (0.0, 1.0):
+                member = ds.sel(a=a, seed=seed, b=b)
+                np.testing.assert_array_equal(member.y, a * np.arange(3.0) + b)
+                assert float(member.noise) == float(jax.random.normal(jax.random.key(seed), ()))
+                assert bool(member.ok) == (a > 0), "log(-1) is NaN: that member fails alone"
+    assert ds.y.dims == ("a", "seed", "b", "y_dim0")
+
+
+def test_progress_bar_counts_chunks(capsys):
+    sweep(_generic, Grid(a=[1.0, 2.0, 3.0], b=[0.0], seed=[0]), chunk_size=1, progress=True)
+    err = capsys.readouterr().err
+    assert "sweep" in err and "3/3" in err and "chunk" in err
+
+
+# ----------------------------------------------------------------------------- depth sweep
+
+
+def test_depth_grid_is_traced_once_and_runs_in_chunks(depth_sweep):
+    ds, traces = depth_sweep
+    assert traces == 1
+    assert ds.attrs["num_chunks"] == 4 and ds.attrs["chunks_resumed"] == 0
+    assert ds.attrs["strategy"] == "map", "auto on CPU: an adaptive solve runs as lax.map"
+    assert bool(ds.ok.all()) and bool((ds.result == 0).all())
+    np.testing.assert_array_equal(ds.t, script.SAVES)
+
+
+@jax.jit
+def _velocities(factors):
+    """Structured and naive velocities (with weight decay) of the depth-2 model, padded to 4."""
+    padded = PaddedDeepDiagonal.truncated(mf.DeepDiagonal(factors), 2)
+    plain = mf.DeepDiagonal(factors[:2])
+    loss = mf.sparse_regression(jax.random.key(2), n=8, d=5, k=2)
+    out = {"x": (padded(), plain()), "depth": padded.depth}
+    for smoothing_at in ("naive", "structured"):
+        flow = mf.SteepestFlow(mf.Lp(1.0, 1e-2), smoothing_at=smoothing_at, **script.WEIGHT_DECAY)
+        out[smoothing_at] = (flow(0.0, padded, loss).factors, flow(0.0, plain, loss).factors)
+    return out
+
+
+def test_padded_model_velocity_and_errors():
+    full = mf.DeepDiagonal.random(jax.random.key(1), depth=4, dim=5, scale=0.7)
+    out = _velocities(full.factors)
+    assert int(out["depth"]) == 2
+    np.testing.assert_allclose(*out["x"], rtol=1e-15)
+    for smoothing_at in ("naive", "structured"):
+        padded, plain = out[smoothing_at]
+        np.testing.assert_allclose(padded[:2], plain, rtol=1e-14)
+        assert np.all(padded[2:] == 0.0), "the padding has zero velocity"
+    with pytest.raises(ValueError, match=r"`depth` must lie in \[1, 4\]; got 5"):
+        PaddedDeepDiagonal.truncated(full, 5)
+    with pytest.raises(ValueError, match=r"`depth` must be an integer >= 1; got 0"):
+        PaddedDeepDiagonal.truncated(full, 0)
+    with pytest.raises(ValueError, match=r"depth-3 factor must not be identically zero"):
+        PaddedDeepDiagonal.truncated(mf.DeepDiagonal.scaled(0.0, depth=4, dim=5), 3)
+
+
+def test_netcdf_round_trip(depth_sweep, tmp_path):
+    ds, _ = depth_sweep
+    loaded = mf.load_dataset(mf.save_dataset(ds, tmp_path / "sweep.nc"))
+    xr.testing.assert_equal(loaded, ds)
+    assert json.loads(loaded.attrs["grid"]) == ds.attrs["grid"]
+    assert loaded.attrs["jax_version"] == jax.__version__
+    assert loaded.attrs["mirrorflow_jax_version"] == mf.__version__
+    assert loaded.attrs["smoothing_at"] == "structured"
+
+
+def test_finished_checkpoints_are_loaded_not_recomputed(depth_sweep, checkpoints):
+    ds, _ = depth_sweep
+    again = sweep(
+        script.padded_member, script.DEPTH_GRID, chunk_size=5, checkpoint_dir=checkpoints
+    )
+    assert again.attrs["chunks_resumed"] == 4 and again.attrs["compile_seconds"] == 0.0
+    xr.testing.assert_equal(again, ds)
+    with pytest.raises(ValueError, match=r"holds chunks of a different sweep"):
+        sweep(script.padded_member, script.DEPTH_GRID, chunk_size=4, checkpoint_dir=checkpoints)
+
+
+def test_time_is_a_variable_when_members_saved_at_different_times():
+    ts = np.array([[0.0, 1.0, 2.0], [0.0, 1.0, np.inf]])  # the second stopped at an event
+    t, variable = _time_coordinate(ts)
+    np.testing.assert_array_equal(t, [0.0, 1.0, 2.0])
+    assert variable is None
+    t, variable = _time_coordinate(np.array([[0.0, 1.0], [0.0, 2.0]]))
+    assert t is None and variable.shape == (2, 2)
+
+
+# ------------------------------------------------ against the processes started by `processes`
+
+
+def test_failed_member_is_marked_and_others_match_a_clean_run(processes):
+    # sign flow with ε = 1e-8 needs far more than MAX_STEPS; the other two are DEPTH2 members
+    grid = Grid.zip(alpha=[0.3, 0.4, 0.5], q=[1.5, 1.0, 2.0], eps=[1e-2, 1e-8, 1e-1])
+    ds = sweep(script.depth2_member, grid, strategy="vmap")  # lockstep with the failing member
+    assert ds.ok.values.tolist() == [True, False, True]
+    failed = ds.isel(alpha=1)
+    assert int(failed.result) == ds.attrs["result_codes"]["max_steps_reached"]
+    assert int(failed.num_steps) == script.MAX_STEPS and bool(failed.finite)
+    reference = _depth2_reference(processes)
+    for alpha, q, eps in ((0.3, 1.5, 1e-2), (0.5, 2.0, 1e-1)):
+        i = script.DEPTH2.tolist().index([alpha, q, eps])
+        member = ds.sel(alpha=alpha)
+        np.testing.assert_allclose(member.x, reference["x"][i], rtol=0, atol=1e-12)
+        assert int(member.num_steps) == int(reference["num_steps"][i])
+
+
+def test_padded_depth_equals_unpadded(depth_sweep, processes):
+    ds, _ = depth_sweep
+    depth, reference = 2, _depth2_reference(processes)  # padded to MAX_DEPTH = 3
+    for i, (alpha, q, eps) in enumerate(script.DEPTH2):
+        member = ds.sel(alpha=alpha, q=q, eps=eps, depth=depth)
+        np.testing.assert_allclose(member.x, reference["x"][i], rtol=0, atol=1e-12)
+        assert int(member.num_steps) == int(reference["num_steps"][i])
+        u = member.params_u.values
+        np.testing.assert_allclose(u[:, :depth], reference["u"][i], rtol=0, atol=1e-12)
+        assert np.all(u[:, depth:] == 0.0), "padding stays exactly in place"
+        balance = member.balance.values  # (t, 2, MAX_DEPTH - 1, DIM)
+        assert np.all(np.isnan(balance[:, :, depth - 1 :]))
+        np.testing.assert_allclose(
+            balance[:, :, : depth - 1], reference["balance"][i], rtol=0, atol=1e-12
+        )
+
+
+def test_killed_sweep_resumes_only_unfinished_chunks(processes):
+    out = _finished(processes, "killed", -signal.SIGKILL)
+    finished = sorted(p.name for p in out.iterdir())
+    assert finished == [f"chunk_{k:06d}.nc" for k in range(3)], "killed inside chunk 3"
+    stamps = {name: (out / name).stat().st_mtime_ns for name in finished}
+
+    script.COMPUTED["members"] = 0
+    resumed = script.checkpointed(out)
+    assert script.COMPUTED["members"] == 4, "only chunks 3 and 4 (2 members each) run"
+    assert resumed.attrs["chunks_resumed"] == 3
+    assert {name: (out / name).stat().st_mtime_ns for name in finished} == stamps
+    assert len(list(out.iterdir())) == 5
+
+    uninterrupted = sweep(script.descent, script.CHECKPOINT_GRID, strategy="map", chunk_size=2)
+    xr.testing.assert_identical(resumed.drop_attrs(), uninterrupted.drop_attrs())
+    assert bool(resumed.ok.all())
+
+
+def test_sharded_over_four_devices_equals_one_device(processes, depth_sweep):
+    sharded = mf.load_dataset(_finished(processes, "devices", 0) / "sharded.nc")
+    single, _ = depth_sweep
+    assert sharded.attrs["num_devices"] == 4 and single.attrs["num_devices"] == 1
+    assert sharded.attrs["strategy"] == "vmap" and sharded.attrs["num_chunks"] == 3
+    xr.testing.assert_allclose(sharded.drop_attrs(), single.drop_attrs(), rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(sharded.num_steps, single.num_steps)
