@@ -43,6 +43,21 @@ class AbstractReparam(eqx.Module):
         return jac
 
 
+def _check_stacks(depth_name: str, **stacks):
+    """Raise ValueError unless the factor stacks share one shape (depth, dim), depth ≥ 1, and
+    are finite."""
+    shapes = [jnp.shape(stack) for stack in stacks.values()]
+    if len(shapes[0]) != 2 or shapes[0][0] < 1 or any(s != shapes[0] for s in shapes):
+        names = " and ".join(f"`{name}`" for name in stacks)
+        same = "the same shape" if len(stacks) > 1 else "shape"
+        got = " and ".join(str(s) for s in shapes)
+        raise ValueError(
+            f"{names} must have {same} ({depth_name}, dim) with {depth_name} >= 1; got {got}."
+        )
+    for name, stack in stacks.items():
+        check_finite(name, stack)
+
+
 def _layers(depth: int, dim: int, value) -> Factors:
     check_int("depth", depth, 1)
     check_int("dim", dim, 1)
@@ -85,12 +100,7 @@ class DeepDiagonal(AbstractReparam):
     factors: Factors
 
     def __check_init__(self):
-        if jnp.ndim(self.factors) != 2 or self.factors.shape[0] < 1:
-            raise ValueError(
-                "`factors` must have shape (depth, dim) with depth >= 1; "
-                f"got shape {jnp.shape(self.factors)}."
-            )
-        check_finite("factors", self.factors)
+        _check_stacks("depth", factors=self.factors)
 
     @property
     def depth(self) -> int:
@@ -145,14 +155,7 @@ class SignedDeepDiagonal(AbstractReparam):
     v: Factors
 
     def __check_init__(self):
-        shapes = (jnp.shape(self.u), jnp.shape(self.v))
-        if len(shapes[0]) != 2 or shapes[0] != shapes[1] or shapes[0][0] < 1:
-            raise ValueError(
-                "`u` and `v` must have the same shape (depth, dim) with depth >= 1; "
-                f"got {shapes[0]} and {shapes[1]}."
-            )
-        check_finite("u", self.u)
-        check_finite("v", self.v)
+        _check_stacks("depth", u=self.u, v=self.v)
 
     @property
     def depth(self) -> int:
@@ -317,12 +320,7 @@ class PaddedDeepDiagonal(AbstractReparam):
     factors: Factors
 
     def __check_init__(self):
-        if jnp.ndim(self.factors) != 2 or self.factors.shape[0] < 1:
-            raise ValueError(
-                "`factors` must have shape (max_depth, dim) with max_depth >= 1; "
-                f"got shape {jnp.shape(self.factors)}."
-            )
-        check_finite("factors", self.factors)
+        _check_stacks("max_depth", factors=self.factors)
 
     @property
     def max_depth(self) -> int:
@@ -364,14 +362,7 @@ class PaddedSignedDeepDiagonal(AbstractReparam):
     v: Factors
 
     def __check_init__(self):
-        shapes = (jnp.shape(self.u), jnp.shape(self.v))
-        if len(shapes[0]) != 2 or shapes[0] != shapes[1] or shapes[0][0] < 1:
-            raise ValueError(
-                "`u` and `v` must have the same shape (max_depth, dim) with max_depth >= 1; "
-                f"got {shapes[0]} and {shapes[1]}."
-            )
-        check_finite("u", self.u)
-        check_finite("v", self.v)
+        _check_stacks("max_depth", u=self.u, v=self.v)
 
     @property
     def max_depth(self) -> int:
