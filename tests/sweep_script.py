@@ -1,10 +1,13 @@
 """Sweep members shared by tests/test_sweep.py and the fresh processes it starts.
 
-- ``python tests/sweep_script.py checkpoint DIR``: a checkpointed sweep of `descent` (5 chunks
+- ``python tests/sweep_script.py checkpoint OUT``: a checkpointed sweep of `descent` (5 chunks
   of 2 members). With SWEEP_KILL=1 the process SIGKILLs itself while computing the member
   with alpha == KILL_AT (in chunk 3), i.e. mid-run, after chunks 0–2 were written.
-- ``python tests/sweep_script.py devices OUT``: the depth sweep on every device, saved as
-  OUT/sharded.nc, and the unpadded depth-2 reference (plain jax.vmap, no sweep) as
+- ``python tests/sweep_script.py single OUT``: the depth sweep on one device (auto strategy,
+  4 chunks checkpointed in OUT/checkpoints), saved as OUT/single.nc with its trace count in
+  attrs["fn_traces"].
+- ``python tests/sweep_script.py sharded OUT``: the depth sweep vmapped on every device, saved
+  as OUT/sharded.nc, and the unpadded depth-2 reference (plain jax.vmap, no sweep) as
   OUT/depth2.npz. Run it with XLA_FLAGS=--xla_force_host_platform_device_count=4 (read when
   jax is imported).
 """
@@ -96,9 +99,19 @@ def checkpointed(directory):
     )
 
 
-def devices(out):
+def single(out):
+    """The depth sweep on one device, checkpointed."""
+    TRACES["count"] = 0
+    ds = sweep(
+        padded_member, DEPTH_GRID, chunk_size=5, checkpoint_dir=os.path.join(out, "checkpoints")
+    )
+    ds.attrs["fn_traces"] = TRACES["count"]
+    mf.save_dataset(ds, os.path.join(out, "single.nc"))
+
+
+def sharded(out):
     """The depth sweep vmapped on every device in chunks of 6 (padded to 8 on 4 devices), and
-    the unpadded depth-2 model at every (α, q, ε) of DEPTH2."""
+    the unpadded depth-2 reference."""
     ds = sweep(padded_member, DEPTH_GRID, strategy="vmap", chunk_size=6)
     mf.save_dataset(ds, os.path.join(out, "sharded.nc"))
     ref = jax.vmap(depth2_member)(*jnp.asarray(DEPTH2.T))
@@ -108,4 +121,4 @@ def devices(out):
 
 if __name__ == "__main__":
     mode, path = sys.argv[1:]
-    {"checkpoint": checkpointed, "devices": devices}[mode](path)
+    {"checkpoint": checkpointed, "single": single, "sharded": sharded}[mode](path)

@@ -5,6 +5,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -19,57 +21,74 @@ from mirrorflow_jax._sweep import Grid, _time_coordinate, sweep
 from . import sweep_script as script
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "sweep_script.py")
+RUNS = {  # fresh-process sweeps: mode of sweep_script.py, extra environment
+    "killed": ("checkpoint", {"SWEEP_KILL": "1"}),
+    "single": ("single", {}),
+    "sharded": ("sharded", {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}),
+}
 
 
-def _start(mode: str, directory, **env) -> subprocess.Popen:
-    (directory / "out").mkdir()
-    command = [sys.executable, SCRIPT, mode, str(directory / "out")]
-    with open(directory / "stderr.log", "wb") as log:
-        return subprocess.Popen(command, env=dict(os.environ, **env), stderr=log)
+class _Run:
+    """A sweep_script.py process shared by all pytest-xdist workers: the first worker to
+    create its folder starts it and records its exit code there; any worker can wait for it."""
+
+    def __init__(self, root, name: str):
+        self.directory = root / f"sweep_{name}"
+        self.waiter = None
+        try:
+            self.directory.mkdir()
+        except FileExistsError:  # another worker started it
+            return
+        mode, env = RUNS[name]
+        (self.directory / "out").mkdir()
+        command = [sys.executable, SCRIPT, mode, str(self.directory / "out")]
+        with open(self.directory / "stderr.log", "wb") as log:
+            process = subprocess.Popen(command, env=dict(os.environ, **env), stderr=log)
+        self.waiter = threading.Thread(target=self._record, args=(process,))
+        self.waiter.start()
+
+    def _record(self, process):
+        code = process.wait()
+        (self.directory / "code.tmp").write_text(str(code))
+        os.replace(self.directory / "code.tmp", self.directory / "returncode")
+
+    def finished(self, returncode: int, timeout: float = 600.0):
+        """The process's output folder, once it has exited with ``returncode``."""
+        path, deadline = self.directory / "returncode", time.monotonic() + timeout
+        while not path.exists():
+            assert time.monotonic() < deadline, f"{self.directory} did not finish"
+            time.sleep(0.1)
+        log = (self.directory / "stderr.log").read_text()[-3000:]
+        assert int(path.read_text()) == returncode, log
+        return self.directory / "out"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def processes(tmp_path_factory):
-    """The two fresh-process sweeps, started first so that they run alongside the tests here."""
-    started = {}
-    for name, mode, env in (
-        ("killed", "checkpoint", {"SWEEP_KILL": "1"}),
-        ("devices", "devices", {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}),
-    ):
-        directory = tmp_path_factory.mktemp(name)
-        started[name] = (directory, _start(mode, directory, **env))
+def runs(tmp_path_factory):
+    """Start the fresh-process sweeps first, so that they run alongside the tests here."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: shared
+    started = {name: _Run(root, name) for name in RUNS}
     yield started
-    for _, process in started.values():
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
-def _finished(processes, name: str, returncode: int):
-    """The process's output folder, once it has exited with ``returncode``."""
-    directory, process = processes[name]
-    process.wait(timeout=600)
-    log = (directory / "stderr.log").read_text()[-3000:]
-    assert process.returncode == returncode, log
-    return directory / "out"
+    for run in started.values():  # the other workers may be waiting for its exit code
+        if run.waiter is not None:
+            run.waiter.join()
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    return tmp_path_factory.mktemp("depth_sweep")
+def depth_sweep(runs):
+    """α × q × depth × ε on one device with the auto strategy, in 4 checkpointed chunks (run
+    in another process): (as saved there, as resumed here from its checkpoints)."""
+    out = runs["single"].finished(0)
+    resumed = sweep(
+        script.padded_member, script.DEPTH_GRID, chunk_size=5, checkpoint_dir=out / "checkpoints"
+    )
+    return mf.load_dataset(out / "single.nc"), resumed
 
 
-@pytest.fixture(scope="module")
-def depth_sweep(checkpoints):
-    """α × q × depth × ε on one device with the auto strategy, in 4 checkpointed chunks."""
-    script.TRACES["count"] = 0
-    ds = sweep(script.padded_member, script.DEPTH_GRID, chunk_size=5, checkpoint_dir=checkpoints)
-    return ds, script.TRACES["count"]
-
-
-def _depth2_reference(processes) -> dict[str, np.ndarray]:
+def _depth2_reference(runs) -> dict[str, np.ndarray]:
     """The unpadded depth-2 model at every (α, q, ε) of DEPTH2 (plain vmap, another process)."""
-    with np.load(_finished(processes, "devices", 0) / "depth2.npz") as saved:
+    with np.load(runs["sharded"].finished(0) / "depth2.npz") as saved:
         reference = dict(saved)
     assert reference["ok"].all()
     return reference
@@ -174,12 +193,13 @@ def test_progress_bar_counts_chunks(capsys):
 
 
 def test_depth_grid_is_traced_once_and_runs_in_chunks(depth_sweep):
-    ds, traces = depth_sweep
-    assert traces == 1
-    assert ds.attrs["num_chunks"] == 4 and ds.attrs["chunks_resumed"] == 0
-    assert ds.attrs["strategy"] == "map", "auto on CPU: an adaptive solve runs as lax.map"
-    assert bool(ds.ok.all()) and bool((ds.result == 0).all())
-    np.testing.assert_array_equal(ds.t, script.SAVES)
+    single, resumed = depth_sweep
+    assert single.attrs["fn_traces"] == 1, "one trace for 16 members in 4 chunks"
+    assert single.attrs["num_chunks"] == 4 and single.attrs["chunks_resumed"] == 0
+    assert single.attrs["strategy"] == "map", "auto on CPU: an adaptive solve runs as lax.map"
+    assert bool(single.ok.all()) and bool((single.result == 0).all())
+    np.testing.assert_array_equal(single.t, script.SAVES)
+    assert resumed.attrs["chunks_resumed"] == 4 and resumed.attrs["compile_seconds"] == 0.0
 
 
 @jax.jit
@@ -212,25 +232,23 @@ def test_padded_model_velocity_and_errors():
         PaddedDeepDiagonal.truncated(mf.DeepDiagonal.scaled(0.0, depth=4, dim=5), 3)
 
 
-def test_netcdf_round_trip(depth_sweep, tmp_path):
-    ds, _ = depth_sweep
-    loaded = mf.load_dataset(mf.save_dataset(ds, tmp_path / "sweep.nc"))
-    xr.testing.assert_equal(loaded, ds)
-    assert json.loads(loaded.attrs["grid"]) == ds.attrs["grid"]
-    assert loaded.attrs["jax_version"] == jax.__version__
-    assert loaded.attrs["mirrorflow_jax_version"] == mf.__version__
-    assert loaded.attrs["smoothing_at"] == "structured"
+def test_netcdf_round_trip(depth_sweep):
+    single, resumed = depth_sweep  # saved and loaded; rebuilt here from checkpoints
+    xr.testing.assert_equal(single, resumed)
+    assert json.loads(single.attrs["grid"]) == resumed.attrs["grid"]
+    assert single.attrs["jax_version"] == jax.__version__
+    assert single.attrs["mirrorflow_jax_version"] == mf.__version__
+    assert single.attrs["smoothing_at"] == "structured"
 
 
-def test_finished_checkpoints_are_loaded_not_recomputed(depth_sweep, checkpoints):
-    ds, _ = depth_sweep
-    again = sweep(
-        script.padded_member, script.DEPTH_GRID, chunk_size=5, checkpoint_dir=checkpoints
-    )
-    assert again.attrs["chunks_resumed"] == 4 and again.attrs["compile_seconds"] == 0.0
-    xr.testing.assert_equal(again, ds)
+def test_checkpoints_of_another_sweep_are_refused(runs):
     with pytest.raises(ValueError, match=r"holds chunks of a different sweep"):
-        sweep(script.padded_member, script.DEPTH_GRID, chunk_size=4, checkpoint_dir=checkpoints)
+        sweep(
+            script.padded_member,
+            script.DEPTH_GRID,
+            chunk_size=4,
+            checkpoint_dir=runs["single"].finished(0) / "checkpoints",
+        )
 
 
 def test_time_is_a_variable_when_members_saved_at_different_times():
@@ -242,10 +260,10 @@ def test_time_is_a_variable_when_members_saved_at_different_times():
     assert t is None and variable.shape == (2, 2)
 
 
-# ------------------------------------------------ against the processes started by `processes`
+# ------------------------------------------------------- against the processes started by `runs`
 
 
-def test_failed_member_is_marked_and_others_match_a_clean_run(processes):
+def test_failed_member_is_marked_and_others_match_a_clean_run(runs):
     # sign flow with ε = 1e-8 needs far more than MAX_STEPS; the other two are DEPTH2 members
     grid = Grid.zip(alpha=[0.3, 0.4, 0.5], q=[1.5, 1.0, 2.0], eps=[1e-2, 1e-8, 1e-1])
     ds = sweep(script.depth2_member, grid, strategy="vmap")  # lockstep with the failing member
@@ -253,7 +271,7 @@ def test_failed_member_is_marked_and_others_match_a_clean_run(processes):
     failed = ds.isel(alpha=1)
     assert int(failed.result) == ds.attrs["result_codes"]["max_steps_reached"]
     assert int(failed.num_steps) == script.MAX_STEPS and bool(failed.finite)
-    reference = _depth2_reference(processes)
+    reference = _depth2_reference(runs)
     for alpha, q, eps in ((0.3, 1.5, 1e-2), (0.5, 2.0, 1e-1)):
         i = script.DEPTH2.tolist().index([alpha, q, eps])
         member = ds.sel(alpha=alpha)
@@ -261,9 +279,9 @@ def test_failed_member_is_marked_and_others_match_a_clean_run(processes):
         assert int(member.num_steps) == int(reference["num_steps"][i])
 
 
-def test_padded_depth_equals_unpadded(depth_sweep, processes):
+def test_padded_depth_equals_unpadded(depth_sweep, runs):
     ds, _ = depth_sweep
-    depth, reference = 2, _depth2_reference(processes)  # padded to MAX_DEPTH = 3
+    depth, reference = 2, _depth2_reference(runs)  # padded to MAX_DEPTH = 3
     for i, (alpha, q, eps) in enumerate(script.DEPTH2):
         member = ds.sel(alpha=alpha, q=q, eps=eps, depth=depth)
         np.testing.assert_allclose(member.x, reference["x"][i], rtol=0, atol=1e-12)
@@ -278,8 +296,8 @@ def test_padded_depth_equals_unpadded(depth_sweep, processes):
         )
 
 
-def test_killed_sweep_resumes_only_unfinished_chunks(processes):
-    out = _finished(processes, "killed", -signal.SIGKILL)
+def test_killed_sweep_resumes_only_unfinished_chunks(runs):
+    out = runs["killed"].finished(-signal.SIGKILL)
     finished = sorted(p.name for p in out.iterdir())
     assert finished == [f"chunk_{k:06d}.nc" for k in range(3)], "killed inside chunk 3"
     stamps = {name: (out / name).stat().st_mtime_ns for name in finished}
@@ -296,10 +314,11 @@ def test_killed_sweep_resumes_only_unfinished_chunks(processes):
     assert bool(resumed.ok.all())
 
 
-def test_sharded_over_four_devices_equals_one_device(processes, depth_sweep):
-    sharded = mf.load_dataset(_finished(processes, "devices", 0) / "sharded.nc")
+def test_sharded_over_four_devices_equals_one_device(runs, depth_sweep):
+    sharded = mf.load_dataset(runs["sharded"].finished(0) / "sharded.nc")
     single, _ = depth_sweep
     assert sharded.attrs["num_devices"] == 4 and single.attrs["num_devices"] == 1
     assert sharded.attrs["strategy"] == "vmap" and sharded.attrs["num_chunks"] == 3
+    assert single.attrs["num_chunks"] == 4
     xr.testing.assert_allclose(sharded.drop_attrs(), single.drop_attrs(), rtol=1e-12, atol=1e-15)
     np.testing.assert_array_equal(sharded.num_steps, single.num_steps)
