@@ -314,15 +314,13 @@ def environment(size: Size) -> str:
     )
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def setup(description: str):
+    """Parse ``--quick`` / ``--budget``, enable float64, print the environment and the table
+    header; return the size, the problem and the initial model."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="n=20, d=40, t1=50 smoke run")
     parser.add_argument("--budget", type=float, help="wall-time budget per scipy run [s]")
-    return parser.parse_args()
-
-
-def main():
-    args = parse_args()
+    args = parser.parse_args()
     jax.config.update("jax_enable_x64", True)
     size = QUICK if args.quick else FULL
     if args.budget is not None:
@@ -331,6 +329,11 @@ def main():
     model = mf.SignedDeepDiagonal.scaled(1e-2, depth=3, dim=size.d)
     print(environment(size), end="\n\n", flush=True)
     print("\n".join(HEADER), flush=True)
+    return size, problem, model
+
+
+def main():
+    size, problem, model = setup(__doc__.splitlines()[0])
     start = time.perf_counter()
     for case in cases():
         print("\n".join(markdown_rows(rows_for(case, model, problem, size))), flush=True)

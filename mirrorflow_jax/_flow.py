@@ -50,6 +50,19 @@ class AbstractFlow(eqx.Module):
         """
 
 
+class FlowArgs(eqx.Module):
+    """The ``args`` that `solve_flow` hands to diffrax: the flow, the loss f(x) and the initial
+    loss value (for escape events). Solvers that exploit a flow's structure (`Rodas4`) read
+    them from here.
+
+    **Fields:** ``flow`` an `AbstractFlow`; ``loss`` f(x); ``value0`` f(x(0)), a scalar.
+    """
+
+    flow: AbstractFlow
+    loss: Loss
+    value0: Array
+
+
 class SteepestFlow(AbstractFlow):
     r"""Steepest flow with coupled and decoupled weight decay.
 

@@ -48,6 +48,12 @@ class LeastSquares(eqx.Module):
         residual = self.A @ x - self.b
         return 0.5 * jnp.mean(residual * residual)
 
+    def hessian_factor(self, x: Vector) -> Array:
+        """C with ∇²f(x) = C Cᵀ: here Aᵀ/√n, shape (d, n). `Rodas4` uses it for a structured
+        (block-diagonal plus rank-n) Jacobian."""
+        del x
+        return self.A.T / jnp.sqrt(self.A.shape[0])
+
 
 class LinearClassification(eqx.Module):
     r"""Binary classification loss on labels y ∈ {−1, +1} with margins z = y ⊙ (Ax):
@@ -79,9 +85,24 @@ class LinearClassification(eqx.Module):
             return jnp.mean(jnp.logaddexp(0.0, -z))
         return jnp.mean(jnp.exp(-z))
 
+    def hessian_factor(self, x: Vector) -> Array:
+        """C with ∇²f(x) = Aᵀ diag(ℓ''(z)) A / n = C Cᵀ, shape (d, n), where ℓ''(z) is
+        σ(z)σ(−z) (logistic) or e^(−z) (exponential) at the margins z."""
+        z = self.margins(x)
+        if self.loss == "logistic":
+            curvature = jax.nn.sigmoid(z) * jax.nn.sigmoid(-z)
+        else:
+            curvature = jnp.exp(-z)
+        return self.A.T * jnp.sqrt(curvature / self.A.shape[0])
+
 
 class ScalarToy(eqx.Module):
-    r"""The saddle-escape toy f(x) = Σ_j (x_j − target)² / 2 (PAPER.md §5, target 1)."""
+    r"""The saddle-escape toy f(x) = Σ_j (x_j − target)² / 2 (PAPER.md §5, target 1).
+
+    Any dimension: it is called on x of shape (dim,) and returns a scalar.
+
+    **Arguments:** ``target``, a finite scalar (default 1).
+    """
 
     target: Array
 
@@ -91,6 +112,10 @@ class ScalarToy(eqx.Module):
 
     def __call__(self, x: Vector) -> Scalar:
         return 0.5 * jnp.sum((x - self.target) ** 2)
+
+    def hessian_factor(self, x: Vector) -> Array:
+        """C with ∇²f(x) = C Cᵀ = I, shape (d, d)."""
+        return jnp.eye(x.shape[0], dtype=x.dtype)
 
 
 def _planted(key: PRNGKeyArray, n: int, d: int, k: int):
@@ -114,6 +139,12 @@ def sparse_regression(
     """Seeded sparse regression: A ~ N(0, 1)^(n×d), a k-sparse ±1 truth, b = A·truth + noise·ξ.
 
     ``n < d`` gives the underdetermined setting of the implicit-bias experiments.
+
+    **Arguments:** ``key`` a JAX PRNG key (the data are a pure function of it); ``n``
+    samples; ``d`` dimension; ``k`` ≤ d nonzeros of the truth; ``noise`` ≥ 0, the scale of
+    the Gaussian noise ξ.
+
+    **Returns:** a `LeastSquares` with ``A`` (n, d), ``b`` (n,) and ``truth`` (d,).
     """
     check_range("noise", noise, 0.0)
     A, truth = _planted(key, n, d, k)
@@ -124,7 +155,14 @@ def sparse_regression(
 def sparse_classification(
     key: PRNGKeyArray, *, n: int, d: int, k: int, loss: str = "logistic"
 ) -> LinearClassification:
-    """Seeded separable classification: y = sign(A·truth) for a k-sparse ±1 truth (k ≥ 1)."""
+    """Seeded separable classification: y = sign(A·truth) for a k-sparse ±1 truth (k ≥ 1).
+
+    **Arguments:** ``key`` a JAX PRNG key; ``n`` samples; ``d`` dimension; ``k`` in [1, d]
+    nonzeros of the truth; ``loss`` "logistic" or "exponential".
+
+    **Returns:** a `LinearClassification` with ``A`` ~ N(0, 1)^(n×d), ``y`` (n,) in {−1, +1}
+    and ``truth`` (d,).
+    """
     check_int("k", k, 1)
     A, truth = _planted(key, n, d, k)
     y = jnp.where(A @ truth >= 0, 1.0, -1.0).astype(A.dtype)

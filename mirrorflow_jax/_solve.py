@@ -11,7 +11,7 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ._custom_types import Loss, Params, ScalarLike
-from ._flow import AbstractFlow
+from ._flow import AbstractFlow, FlowArgs
 from ._geometry import Lp
 from ._models import AbstractReparam, effective_weights
 from ._validate import as_float, check_int, check_params, is_concrete
@@ -27,7 +27,12 @@ class AbstractEscape(eqx.Module):
 
 
 class LossBelow(AbstractEscape):
-    """Escape when f(x(t)) falls to ``fraction`` · f(x(0))."""
+    """Escape when f(x(t)) falls to ``fraction`` · f(x(0)).
+
+    The event function is f(x) − fraction·f(x(0)), which crosses zero at the escape.
+
+    **Arguments:** ``fraction`` in (0, 1) (default 1/2).
+    """
 
     fraction: Array
 
@@ -41,7 +46,12 @@ class LossBelow(AbstractEscape):
 
 
 class NormAbove(AbstractEscape):
-    """Escape when max_j |x_j(t)| reaches ``threshold`` (e.g. 1/2 on the scalar toy)."""
+    """Escape when max_j |x_j(t)| reaches ``threshold`` (e.g. 1/2 on the scalar toy).
+
+    The event function is threshold − ‖x‖_∞, which crosses zero at the escape.
+
+    **Arguments:** ``threshold`` > 0 (default 1/2).
+    """
 
     threshold: Array
 
@@ -103,16 +113,14 @@ class FlowSolution(eqx.Module):
         return diffrax.is_okay(self.result)
 
 
-def _vector_field(t, y, args):
-    flow, loss, _ = args
-    return flow(t, y, loss)
+def _vector_field(t, y, args: FlowArgs):
+    return args.flow(t, y, args.loss)
 
 
 def _escape_cond(escape):
-    def cond_fn(t, y, args, **kwargs):
-        flow, loss, value0 = args
-        x = effective_weights(flow.params_of(y))
-        return escape(x, loss(x), value0)
+    def cond_fn(t, y, args: FlowArgs, **kwargs):
+        x = effective_weights(args.flow.params_of(y))
+        return escape(x, args.loss(x), args.value0)
 
     return cond_fn
 
@@ -251,7 +259,7 @@ def _solve(
         t1,
         dt0,
         flow.init(params0),
-        args=(flow, loss, value0),
+        args=FlowArgs(flow, loss, value0),
         saveat=saveat,
         stepsize_controller=controller,
         event=diffrax_event,
