@@ -17,8 +17,20 @@ from ._discrete import (
     steps_to_escape as steps_to_escape,
     trajectory_gap as trajectory_gap,
 )
-from ._flow import AbstractFlow as AbstractFlow, SteepestFlow as SteepestFlow
+from ._flow import (
+    AbstractFlow as AbstractFlow,
+    FlowArgs as FlowArgs,
+    SteepestFlow as SteepestFlow,
+)
 from ._geometry import Lp as Lp, steepest_map as steepest_map
+from ._hessian import (
+    HessianSpectrum as HessianSpectrum,
+    hessian_eigenvalues as hessian_eigenvalues,
+)
+from ._linear import (
+    BlockLowRankOperator as BlockLowRankOperator,
+    WoodburySolver as WoodburySolver,
+)
 from ._mirror import (
     DeepDiagonalMirror as DeepDiagonalMirror,
     MirrorFlow as MirrorFlow,
@@ -43,6 +55,12 @@ from ._problems import (
     sparse_regression as sparse_regression,
 )
 from ._results import load_dataset as load_dataset, save_dataset as save_dataset
+from ._rosenbrock import (
+    Rodas4 as Rodas4,
+    Rodas4Interpolation as Rodas4Interpolation,
+    structured_jacobian as structured_jacobian,
+)
+from ._sensitivity import eps_sensitivity as eps_sensitivity
 from ._solve import (
     AbstractEscape as AbstractEscape,
     FlowSolution as FlowSolution,

@@ -1,0 +1,56 @@
+"""What every experiment module provides, and the record of one checked prediction.
+
+An experiment is a module in `mirrorflow_jax.experiments`, registered by one line in
+`mirrorflow_jax.experiments.EXPERIMENTS` and configured by one YAML file in ``configs/`` (the
+full-size run, with a ``quick:`` block of overrides for ``--quick``). It provides
+
+- ``Config``: a frozen dataclass of typed fields with defaults (the full-size run), validated in
+  ``__post_init__`` (ValueError naming the field and its valid range). The YAML loader derives
+  each key's expected type from the field annotations: ``bool``, ``int``, ``float``, ``str``,
+  ``Literal[...]``, ``pathlib.Path`` (must exist), ``tuple[T, ...]`` and ``T | None``;
+- ``run(config, *, workdir, progress) -> xarray.Dataset``: the computation. ``workdir`` is a
+  folder for checkpoints (None: no checkpoints); pass ``checkpoint_dir(workdir, "name")`` to
+  `mirrorflow_jax.sweep` so that an interrupted run resumes. ``progress`` turns progress bars on;
+- ``figures(ds) -> dict[str, matplotlib.figure.Figure]``: named figures of the result (build them
+  with ``matplotlib.figure.Figure``, not pyplot, so that no global state is touched);
+- ``checks(ds) -> list[Check]``: every prediction the run tested, measured against predicted.
+"""
+
+import dataclasses
+import os
+import pathlib
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One prediction tested by an experiment: what was measured, against what, and whether it
+    held within the stated tolerance. A failing check is a result, not an error."""
+
+    name: str
+    measured: float | str
+    predicted: float | str
+    tolerance: float | str
+    held: bool
+    detail: str = ""
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def within(name: str, measured: float, predicted: float, tolerance: float, detail: str = ""):
+    """The `Check` that |measured − predicted| ≤ tolerance (NaN never holds)."""
+    measured, predicted = float(measured), float(predicted)
+    held = bool(abs(measured - predicted) <= tolerance)
+    return Check(name, measured, predicted, float(tolerance), held, detail)
+
+
+def checkpoint_dir(workdir: str | os.PathLike | None, name: str) -> pathlib.Path | None:
+    """The checkpoint folder of one sweep of a run (None when the run keeps no checkpoints)."""
+    return None if workdir is None else pathlib.Path(workdir) / name
+
+
+def loglog_slope(x, y) -> float:
+    """Least-squares slope of log|y| against log x: the exponent p of y ∝ x^p."""
+    return float(np.polyfit(np.log(np.asarray(x)), np.log(np.abs(np.asarray(y))), 1)[0])
