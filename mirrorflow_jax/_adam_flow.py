@@ -15,7 +15,11 @@ from ._validate import as_float, check_range, is_concrete
 
 
 class AdamState(eqx.Module):
-    """The state of `AdamFlow`: parameters θ and the moments m, v (each shaped like θ)."""
+    """The state of `AdamFlow`: parameters θ and the moments m, v (each shaped like θ).
+
+    **Fields:** ``params`` θ (any PyTree); ``m``, the first moment, with dm/dt = a·(g − m);
+    ``v``, the second moment, with dv/dt = b·(g ⊙ g − v); both start at 0.
+    """
 
     params: Params
     m: Params

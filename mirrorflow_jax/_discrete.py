@@ -302,14 +302,22 @@ def steps_to_escape(
 
 
 def step_times(steps: ArrayLike, learning_rate: ScalarLike) -> Array:
-    """The flow times t = η·k of optimizer steps k (PAPER.md §1)."""
+    """The flow times t = η·k of optimizer steps k (PAPER.md §1).
+
+    **Arguments:** ``steps`` integer array of step indices k; ``learning_rate`` η > 0.
+    **Returns:** a float array shaped like ``steps``.
+    """
     check_range("learning_rate", learning_rate, 0.0, lo_open=True)
     lr = as_float(learning_rate)
     return jnp.asarray(steps).astype(lr.dtype) * lr
 
 
 def steps_at_times(ts: ArrayLike, learning_rate: ScalarLike) -> Int[Array, "..."]:
-    """The steps k = round(t/η) nearest to flow times ``ts`` (the inverse of `step_times`)."""
+    """The steps k = round(t/η) nearest to flow times ``ts`` (the inverse of `step_times`).
+
+    **Arguments:** ``ts`` times ≥ 0; ``learning_rate`` η > 0. **Returns:** an integer array
+    shaped like ``ts``.
+    """
     check_range("learning_rate", learning_rate, 0.0, lo_open=True)
     check_range("ts", ts, 0.0)
     return jnp.round(as_float(ts) / as_float(learning_rate)).astype(jnp.result_type(int))

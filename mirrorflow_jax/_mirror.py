@@ -254,7 +254,15 @@ class MirrorFlow(AbstractFlow):
 
 
 def solve_mirror_flow(flow: MirrorFlow, x0: ArrayLike, loss: Loss, t1: ScalarLike, **kwargs):
-    """Integrate a `MirrorFlow` from x0: `solve_flow` with the same options and solution."""
+    """Integrate a `MirrorFlow` from x0: `solve_flow` with the same options and solution.
+
+        dx/dt = −h_{c(t)}(x)·φ_q^ε(∇f(x)) − L·α(t)·x,    x(0) = x0
+
+    **Arguments:** ``flow`` a `MirrorFlow`; ``x0`` initial effective weights, shape (dim,);
+    ``loss`` f(x); ``t1`` the final time; ``kwargs`` any keyword of `solve_flow`.
+
+    **Returns:** a `FlowSolution` whose ``params`` and ``x`` are the x trajectory.
+    """
     return solve_flow(flow, as_float(x0), loss, t1, **kwargs)
 
 
@@ -266,6 +274,8 @@ class SquareDiffMirror(eqx.Module):
 
     so ∇Q_α(x) = arcsinh(x/(2α²)). Small α approaches the ℓ1 norm (rich regime), large α a
     scaled ℓ2 norm (kernel regime).
+
+    **Arguments:** ``alpha`` > 0, the init scale u = v = α.
     """
 
     alpha: Array
@@ -293,6 +303,9 @@ def implicit_bias(mirror, A: ArrayLike, b: ArrayLike, x0: ArrayLike) -> Array:
     optimistix; R*(z) = ⟨z, x(z)⟩ − R(x(z))). ``mirror`` is any object with ``grad``,
     ``grad_inverse`` and ``potential`` (`DeepDiagonalMirror`, `SquareDiffMirror`).
     Independent of any flow.
+
+    **Arguments:** ``mirror`` as above; ``A`` (n, d) and ``b`` (n,) with n < d; ``x0`` the
+    initialization, shape (d,). **Returns:** the argmin, shape (d,).
     """
     A, b = jnp.asarray(A), jnp.asarray(b)
     z0 = mirror.grad(x0)

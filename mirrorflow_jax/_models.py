@@ -240,7 +240,11 @@ class SquareDiff(AbstractReparam):
 
 
 def effective_weights(params):
-    """x for a toolkit model (``params()``); any other PyTree is its own effective weights."""
+    """x for a toolkit model (``params()``); any other PyTree is its own effective weights.
+
+    **Arguments:** ``params``, an `AbstractReparam` (e.g. `DeepDiagonal`, giving
+    x = w_1 ⊙ … ⊙ w_L of shape (dim,)) or any PyTree (returned unchanged).
+    """
     return params() if isinstance(params, AbstractReparam) else params
 
 

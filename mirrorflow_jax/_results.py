@@ -22,7 +22,11 @@ def provenance() -> dict[str, str]:
 
 def save_dataset(ds: xr.Dataset, path: str | os.PathLike) -> pathlib.Path:
     """Write ``ds`` to netCDF (h5netcdf engine) with provenance attrs; atomic rename, so an
-    interrupted write never leaves a corrupt file at ``path``."""
+    interrupted write never leaves a corrupt file at ``path``.
+
+    **Arguments:** ``ds`` an ``xarray.Dataset`` (non-scalar attrs are stored as JSON);
+    ``path`` the target file. **Returns:** ``path`` as a ``pathlib.Path``.
+    """
     path = pathlib.Path(path)
     ds = ds.assign_attrs(provenance())
     ds.attrs = {
@@ -40,6 +44,10 @@ def save_dataset(ds: xr.Dataset, path: str | os.PathLike) -> pathlib.Path:
 
 
 def load_dataset(path: str | os.PathLike) -> xr.Dataset:
-    """Load a result written by `save_dataset` fully into memory."""
+    """Load a result written by `save_dataset` fully into memory.
+
+    **Arguments:** ``path`` of a netCDF file. **Returns:** an ``xarray.Dataset`` (the file is
+    closed again); its attrs hold the provenance that `save_dataset` recorded.
+    """
     with xr.open_dataset(path, engine="h5netcdf") as ds:
         return ds.load()

@@ -9,20 +9,30 @@ from ._validate import check_int, check_range
 
 
 def metric_exponent(q: float, depth: int) -> float:
-    """m = q(L − 1)/L: at c = 0 the mirror metric ∇²R(x) ∝ 1/|x|^m (PAPER.md §4)."""
+    """m = q(L − 1)/L: at c = 0 the mirror metric ∇²R(x) ∝ 1/|x|^m (PAPER.md §4).
+
+    **Arguments:** ``q`` in [1, 2]; ``depth`` L ≥ 1. **Returns:** m, a float; R is of
+    Legendre type exactly when m ≤ 1.
+    """
     check_range("q", q, 1.0, 2.0)
     check_int("depth", depth, 1)
     return q * (depth - 1) / depth
 
 
 def saddle_speed(lam: float, q: float, depth: int) -> float:
-    """μ = λ^(q(L−1)): the metric at the saddle w_1 = 0, w_i = λ (PAPER.md §5)."""
+    """μ = λ^(q(L−1)): the metric at the saddle w_1 = 0, w_i = λ (PAPER.md §5).
+
+    x leaves the saddle at speed μ·|∇f|^(q−1). **Arguments:** ``lam`` λ ≥ 0; ``q`` in [1, 2];
+    ``depth`` L. **Returns:** μ, a float.
+    """
     check_range("lam", lam, 0.0)
     return lam ** (q * (depth - 1))
 
 
 def escape_regime(q: float, depth: int) -> tuple[Literal["constant", "log", "power"], float]:
     """How the escape time from w_i = α scales as α → 0 (PAPER.md §5, Table 1).
+
+    **Arguments:** ``q`` in [1, 2]; ``depth`` L ≥ 1 (they give m = q(L − 1)/L).
 
     **Returns:** ``(regime, exponent)``: "constant" (m < 1, exponent 0), "log" (m = 1,
     T ~ log(1/α), exponent 0) or "power" (m > 1, T ~ α^exponent with exponent L − q(L − 1)).
@@ -37,7 +47,10 @@ def escape_regime(q: float, depth: int) -> tuple[Literal["constant", "log", "pow
 
 def penalty_exponent(q: float, depth: int, decay: Literal["decoupled", "coupled"]) -> float:
     """Exponent p of the effective weight-decay penalty Σ|x|^p (PAPER.md §6, Table 1):
-    2 − m for decoupled decay (the manifold regularizer M) and 2/L for coupled decay."""
+    2 − m for decoupled decay (the manifold regularizer M) and 2/L for coupled decay.
+
+    **Arguments:** ``q`` in [1, 2]; ``depth`` L ≥ 1; ``decay`` "decoupled" or "coupled".
+    """
     if decay == "decoupled":
         return 2 - metric_exponent(q, depth)
     if decay == "coupled":
@@ -48,13 +61,21 @@ def penalty_exponent(q: float, depth: int, decay: Literal["decoupled", "coupled"
 
 def manifold_regularizer(x, q: float, depth: int):
     """M(x) = (L/(L(2−q)+q))·Σ|x|^(2−m), the decoupled-decay term of the mirror flow
-    d∇R = −φ_q(∇f)dt − α∇M(x)dt at c = 0 (PAPER.md §6); ∇M(x) = sign(x)|x|^(1−m)."""
+    d∇R = −φ_q(∇f)dt − α∇M(x)dt at c = 0 (PAPER.md §6); ∇M(x) = sign(x)|x|^(1−m).
+
+    **Arguments:** ``x`` effective weights, shape (dim,); ``q`` in [1, 2]; ``depth`` L.
+    **Returns:** M(x), a scalar.
+    """
     p = penalty_exponent(q, depth, "decoupled")
     return depth / (depth * (2 - q) + q) * jnp.sum(jnp.abs(x) ** p)
 
 
 def coupled_penalty(x, beta: float, depth: int):
-    """(βL/2)·Σ|x|^(2/L): coupled decay (β/2)Σ‖w_i‖² at a balanced point, in x (§6)."""
+    """(βL/2)·Σ|x|^(2/L): coupled decay (β/2)Σ‖w_i‖² at a balanced point, in x (§6).
+
+    **Arguments:** ``x`` effective weights, shape (dim,); ``beta`` β ≥ 0; ``depth`` L.
+    **Returns:** the penalty, a scalar.
+    """
     return beta * depth / 2 * jnp.sum(jnp.abs(x) ** penalty_exponent(2.0, depth, "coupled"))
 
 
@@ -75,6 +96,10 @@ def stationarity_residual(
     - coupled β: ∇f(x) + β·sign(x)|x|^(2/L − 1) = 0 (for every q: φ_q vanishes only at 0).
 
     Pass one of ``coupled_wd`` / ``decoupled_wd``. Off the support x = 0 is stationary anyway.
+
+    **Arguments:** ``x`` a candidate stationary point, shape (dim,); ``grad_f`` ∇f(x), same
+    shape; ``q`` in [1, 2]; ``depth`` L; ``eps`` the smoothing ε of φ_q^ε (decoupled case);
+    ``support`` the threshold on |x_j|. **Returns:** the largest |residual|, a scalar.
     """
     if (coupled_wd > 0) == (decoupled_wd > 0):
         raise ValueError("pass exactly one of `coupled_wd` > 0 or `decoupled_wd` > 0.")

@@ -1,0 +1,139 @@
+"""The documentation: examples run, the site builds strictly, every public name is documented."""
+
+import ast
+import dataclasses
+import inspect
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+import mirrorflow_jax as mf
+
+ROOT = pathlib.Path(__file__).parents[1]
+DOCS = ROOT / "docs"
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+SNIPPET = re.compile(r'^--8<-- "(examples/[\w.]+\.py)"$')
+# What each example must print: it ran to the end and its result makes sense.
+EXPECTED = {
+    "first_flow.py": ["q = 2.0: f(x(5))", "q = 1.0: f(x(5))"],
+    "embed_pytree.py": ["for q = 1, 1.5, 2:", "d f(θ(2)) / d scale"],
+    "sweep_devices.py": ["4 devices", "all ok: True"],
+    "resume_sweep.py": ["chunks: 4, read back: 2", "same result: True"],
+    "compare_optax.py": ["sgd:", "sign descent:", "adam:", "flow q = 1.0"],
+    "sign_flow_solver.py": ["Tsit5:", "Rodas4:", "steps, ok, at t = 50", "eps = 1e-04"],
+}
+IGNORED_ARGUMENTS = {"self", "args", "kwargs"}
+
+
+def public_names() -> list[str]:
+    """``__all__`` if the package defines it, else its public attributes defined in it."""
+    names = getattr(mf, "__all__", None)
+    if names is None:
+        names = [
+            name
+            for name, obj in vars(mf).items()
+            if not name.startswith("_")
+            and not inspect.ismodule(obj)
+            and getattr(obj, "__module__", "").startswith("mirrorflow_jax")
+        ]
+    return sorted(names)
+
+
+def own_docstring(obj) -> str:
+    """The docstring written for ``obj`` itself (for a class, not one inherited)."""
+    doc = obj.__dict__.get("__doc__") if inspect.isclass(obj) else obj.__doc__
+    return inspect.cleandoc(doc or "")
+
+
+def arguments(obj) -> set[str]:
+    """A function's parameters; a class's ``__init__`` parameters and dataclass fields."""
+    names = set()
+    function = obj.__init__ if inspect.isclass(obj) else obj
+    if inspect.isclass(obj) and dataclasses.is_dataclass(obj):
+        names |= {field.name for field in dataclasses.fields(obj)}
+    if not inspect.isclass(obj) or "__init__" in vars(obj):
+        names |= set(inspect.signature(function).parameters)
+    return names - IGNORED_ARGUMENTS
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def test_public_api_is_found():
+    names = public_names()
+    assert len(names) >= 40, names
+    assert {"solve_flow", "SteepestFlow", "Lp", "sweep", "DeepDiagonalMirror"} <= set(names)
+
+
+@pytest.mark.parametrize("name", public_names())
+def test_public_name_has_docstring_with_its_arguments(name):
+    obj = getattr(mf, name)
+    doc = own_docstring(obj)
+    lines = [line for line in doc.splitlines() if line.strip()]
+    assert len(lines) >= 2, f"{name}: the docstring needs a summary line and more, got {doc!r}"
+    missing = [arg for arg in sorted(arguments(obj)) if not re.search(rf"\b{arg}\b", doc)]
+    assert not missing, f"{name}: the docstring does not mention its arguments {missing}"
+
+
+@pytest.mark.parametrize("name", public_names())
+def test_docstring_examples_parse(name):
+    """Code in docstrings is shown on the API pages; at least it must be valid Python."""
+    for block in python_blocks(own_docstring(getattr(mf, name))):
+        ast.parse(block)
+
+
+def test_every_public_name_is_on_an_api_page():
+    pages = "\n".join(path.read_text() for path in (DOCS / "api").glob("*.md"))
+    listed = re.findall(r"^::: mirrorflow_jax\.(\w+)$", pages, flags=re.M)
+    missing = sorted(set(public_names()) - set(listed))
+    assert not missing, f"add `::: mirrorflow_jax.NAME` to a docs/api page for {missing}"
+    assert len(listed) == len(set(listed)), "a name is documented twice"
+
+
+def test_every_python_block_on_the_site_is_an_executed_example():
+    included = set()
+    for page in DOCS.rglob("*.md"):
+        for block in python_blocks(page.read_text()):
+            match = SNIPPET.match(block.strip())
+            assert match, f"{page.relative_to(ROOT)}: put this code in examples/ and include it"
+            included.add(match.group(1))
+    assert included == {f"examples/{path.name}" for path in EXAMPLES}
+    assert set(EXPECTED) == {path.name for path in EXAMPLES}
+
+
+def test_readme_links_to_the_docs():
+    assert "docs/index.md" in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda path: path.name)
+def test_example_runs(example, tmp_path):
+    env = dict(os.environ, MPLBACKEND="Agg")
+    done = subprocess.run(
+        [sys.executable, str(example)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for expected in EXPECTED[example.name]:
+        assert expected in done.stdout, done.stdout
+
+
+def test_mkdocs_build_is_strict_and_renders_the_api(tmp_path):
+    site = tmp_path / "site"
+    command = [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-d", str(site)]
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    api = "\n".join(path.read_text() for path in (site / "api").rglob("index.html"))
+    missing = [name for name in public_names() if f'id="mirrorflow_jax.{name}"' not in api]
+    assert not missing, f"not rendered on the API pages: {missing}"
+    getting_started = (site / "getting-started" / "index.html").read_text()
+    assert "--8&lt;--" not in getting_started and "DeepDiagonal" in getting_started
