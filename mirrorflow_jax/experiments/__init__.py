@@ -18,6 +18,7 @@ EXPERIMENTS: dict[str, str] = {
     "sparse_regression": "mirrorflow_jax.experiments.sparse_regression",
     "classification": "mirrorflow_jax.experiments.classification",
     "finetune": "mirrorflow_jax.experiments.finetune",
+    "weight_decay": "mirrorflow_jax.experiments.weight_decay",
 }
 """Experiment name (the ``experiment:`` key of its YAML) → module path, imported lazily."""
 
