@@ -71,9 +71,10 @@ class AdamFlow(AbstractFlow):
     **Example:**
 
     ```python
-    flow = AdamFlow.from_betas(1e-2, b1=0.9, b2=0.99, eps=1e-8)  # a = 10, b = 1
-    sol = solve_flow(flow, DeepDiagonal.scaled(0.1, depth=3, dim=1), ScalarToy(), 5.0)
-    run = run_optimizer(flow.discrete(1e-2), ...)  # the matching optax.adamw
+    flow = mf.AdamFlow.from_betas(1e-2, b1=0.9, b2=0.99, eps=1e-8)  # a = 10, b = 1
+    model, problem = mf.DeepDiagonal.scaled(0.1, depth=3, dim=1), mf.ScalarToy()
+    sol = mf.solve_flow(flow, model, problem, 5.0)
+    run = mf.run_optimizer(flow.discrete(1e-2), model, problem, 500)  # the matching adamw
     ```
     """
 

@@ -77,8 +77,9 @@ def steepest_descent(
     **Example:**
 
     ```python
-    sign_descent = steepest_descent(1e-3, q=1.0)
-    run = run_optimizer(sign_descent, DeepDiagonal.scaled(0.1, depth=3, dim=1), ScalarToy(), 500)
+    sign_descent = mf.steepest_descent(1e-3, q=1.0)
+    model = mf.DeepDiagonal.scaled(0.1, depth=3, dim=1)
+    run = mf.run_optimizer(sign_descent, model, mf.ScalarToy(), 500)
     ```
     """
     _check_learning_rate(learning_rate)
@@ -228,10 +229,14 @@ def run_optimizer(
     that one compilation serves every value:
 
     ```python
-    def final_loss(lr):
-        return run_optimizer(optax.adam(lr), model, problem, 1000).loss[-1]
+    import optax
 
-    losses = jax.vmap(final_loss)(jnp.logspace(-4, -2, 64))
+    model, problem = mf.DeepDiagonal.scaled(0.1, depth=2, dim=3), mf.ScalarToy()
+
+    def final_loss(lr):
+        return mf.run_optimizer(optax.adam(lr), model, problem, 100).loss[-1]
+
+    losses = jax.vmap(final_loss)(jnp.logspace(-4, -2, 8))  # one compilation
     ```
     """
     check_int("num_steps", num_steps, 1)
@@ -284,8 +289,11 @@ def steps_to_escape(
     **Example:**
 
     ```python
-    model = DeepDiagonal.scaled(0.1, depth=3, dim=1)
-    gd = steps_to_escape(optax.sgd(1e-2), model, ScalarToy(), NormAbove(0.5), max_steps=10**6)
+    import optax
+
+    model = mf.DeepDiagonal.scaled(0.1, depth=3, dim=1)
+    escape = mf.NormAbove(0.5)
+    gd = mf.steps_to_escape(optax.sgd(1e-1), model, mf.ScalarToy(), escape, max_steps=10**4)
     ```
     """
     check_int("max_steps", max_steps, 1)
@@ -366,9 +374,14 @@ def trajectory_gap(
     **Example:**
 
     ```python
-    run = run_optimizer(optax.sgd(lr), model, problem, 1000, save_steps=steps)
-    sol = solve_flow(SteepestFlow(), model, problem, 1000 * lr, saveat=step_times(steps, lr))
-    gap = trajectory_gap(run, sol, lr)
+    import optax
+
+    model, problem, lr = mf.DeepDiagonal.scaled(0.5, depth=2, dim=1), mf.ScalarToy(), 1e-2
+    steps = jnp.array([0, 100, 200])
+    run = mf.run_optimizer(optax.sgd(lr), model, problem, 200, save_steps=steps)
+    saveat = mf.step_times(steps, lr)
+    sol = mf.solve_flow(mf.SteepestFlow(), model, problem, 200 * lr, saveat=saveat)
+    gap = mf.trajectory_gap(run, sol, lr)  # O(lr)
     ```
     """
     check_range("learning_rate", learning_rate, 0.0, lo_open=True)

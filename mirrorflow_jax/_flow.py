@@ -97,7 +97,7 @@ class SteepestFlow(AbstractFlow):
     **Example:**
 
     ```python
-    flow = SteepestFlow(Lp(q=1.0, eps=1e-3), decoupled_wd=1e-2)  # smoothed SignGF, AdamW-style
+    flow = mf.SteepestFlow(mf.Lp(q=1.0, eps=1e-3), decoupled_wd=1e-2)  # smoothed SignGF, AdamW
     ```
     """
 

@@ -71,8 +71,9 @@ class Lp(eqx.Module):
     **Example:**
 
     ```python
-    geometry = Lp(q=1.0, eps=1e-3)       # smoothed sign flow
-    direction = geometry({"w": grad_w})  # leafwise φ_1^ε
+    geometry = mf.Lp(q=1.0, eps=1e-3)    # smoothed sign flow
+    grad_w = jnp.array([0.5, -0.1, 0.0])
+    direction = geometry({"w": grad_w})  # leafwise φ_1^ε: {"w": ≈ [1, -1, 0]}
     ```
     """
 

@@ -142,7 +142,13 @@ def hessian_eigenvalues(
     **Example:**
 
     ```python
-    spectrum = hessian_eigenvalues(loss, params, data, k=3, num_iters=40, key=jax.random.key(0))
+    def loss(params, data):
+        A, b = data
+        return 0.5 * jnp.sum((A @ (params["u"] * params["v"]) - b) ** 2)
+
+    params = {"u": jnp.full(5, 0.1), "v": jnp.full(5, -0.1)}
+    data = (jax.random.normal(jax.random.key(1), (4, 5)), jnp.ones(4))
+    spectrum = mf.hessian_eigenvalues(loss, params, data, k=2, num_iters=8, key=jax.random.key(0))
     most_negative, most_positive = spectrum.eigenvalues[0], spectrum.eigenvalues[-1]
     ```
     """

@@ -74,7 +74,8 @@ class DeepDiagonalMirror(eqx.Module):
     **Example:**
 
     ```python
-    mirror = DeepDiagonalMirror(q=2.0, depth=2, c=0.5)
+    mirror = mf.DeepDiagonalMirror(q=2.0, depth=2, c=0.5)
+    x = jnp.array([-1.0, 0.0, 2.0])
     mirror.grad(x)  # = 0.5 * arcsinh(2 x / 0.5)
     ```
     """

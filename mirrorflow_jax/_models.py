@@ -92,8 +92,8 @@ class DeepDiagonal(AbstractReparam):
     **Example:**
 
     ```python
-    model = DeepDiagonal.saddle(0.1, depth=3, dim=100)  # w_1 = 0, w_2 = w_3 = 0.1
-    x = model()                                        # all zeros
+    model = mf.DeepDiagonal.saddle(0.1, depth=3, dim=10)  # w_1 = 0, w_2 = w_3 = 0.1
+    x = model()                                          # all zeros
     ```
     """
 
@@ -315,9 +315,14 @@ class PaddedDeepDiagonal(AbstractReparam):
     **Example:**
 
     ```python
+    flow, problem, d, t1 = mf.SteepestFlow(), mf.ScalarToy(), 3, 1.0
+
     def run(alpha, depth):  # depth: a traced integer in [1, 4]
-        model = PaddedDeepDiagonal.truncated(DeepDiagonal.scaled(alpha, depth=4, dim=d), depth)
-        return solve_flow(flow, model, problem, t1)
+        model = mf.DeepDiagonal.scaled(alpha, depth=4, dim=d)
+        model = mf.PaddedDeepDiagonal.truncated(model, depth)
+        return mf.solve_flow(flow, model, problem, t1)
+
+    sols = jax.vmap(run)(jnp.array([0.5, 0.5]), jnp.array([2, 3]))  # one compilation
     ```
     """
 

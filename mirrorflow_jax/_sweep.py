@@ -68,7 +68,9 @@ class Grid:
     **Example:**
 
     ```python
-    grid = Grid(alpha=np.logspace(-3, -1, 8), seed=np.arange(4)) * Grid.zip(
+    import numpy as np
+
+    grid = mf.Grid(alpha=np.logspace(-3, -1, 8), seed=np.arange(4)) * mf.Grid.zip(
         q=[1.0, 1.5, 2.0], eps=[1e-3, 0.0, 0.0]
     )  # 8 · 4 · 3 = 96 members, dims (alpha, seed, q)
     ```
@@ -558,15 +560,17 @@ def sweep(
     **Example:**
 
     ```python
-    problem = sparse_regression(jax.random.key(0), n=40, d=100, k=5)
+    import numpy as np
+
+    problem = mf.LeastSquares(jnp.array([[1.0, 2.0, 0.0], [0.0, 1.0, 1.0]]), jnp.ones(2))
 
     def run(alpha, q, eps):
-        flow = SteepestFlow(Lp(q, eps))
-        model = SignedDeepDiagonal.scaled(alpha, depth=3, dim=100)
-        return solve_flow(flow, model, problem, 100.0)
+        flow = mf.SteepestFlow(mf.Lp(q, eps))
+        model = mf.DeepDiagonal.scaled(alpha, depth=2, dim=3)
+        return mf.solve_flow(flow, model, problem, 1.0)
 
-    grid = Grid(alpha=np.logspace(-3, -1, 8)) * Grid.zip(q=[1.0, 1.5, 2.0], eps=[1e-3, 0, 0])
-    ds = sweep(run, grid)  # ds.loss.sel(q=1.0, t=100.0), ds.ok, ds.num_steps, ...
+    grid = mf.Grid(alpha=[0.01, 0.1]) * mf.Grid.zip(q=[1.0, 1.5, 2.0], eps=[1e-3, 0, 0])
+    ds = mf.sweep(run, grid)  # ds.loss.sel(q=1.0, t=1.0), ds.ok, ds.num_steps, ...
     ```
 
     Raises ValueError before tracing for a bad argument or a grid axis that ``fn`` does not
