@@ -69,8 +69,11 @@ class FlowSolution(eqx.Module):
 
     **Fields:**
 
-    - ``ts``: save times, shape (T,). Times after a terminating event, or after the solve
-      ran out of ``max_steps``, hold ``inf``; a final save at t1 then holds the time reached.
+    - ``ts``: save times, shape (T,). When a terminating event fires or the solve runs out
+      of ``max_steps``, a final save at t1 (``SaveAt(t1=True)``) is written in the first slot
+      after the last save time reached, holding the time reached, and every later slot holds
+      ``inf`` (e.g. ``[0, 2.3, inf, …]`` for ``ts=[0, 20, 40, …], t1=True`` and an event at
+      2.3); select the saved states with ``jnp.isfinite(ts)``.
     - ``params``: the parameter PyTree at ``ts`` (leading axis T).
     - ``x``: effective weights at ``ts``, shape (T, dim).
     - ``loss``: f(x) at ``ts``, shape (T,) (without the coupled weight-decay term).
