@@ -88,6 +88,7 @@ for _check in (
 class _WoodburyState(eqx.Module):
     block_inverses: Array  # B_j⁻¹, shape (d, R, R)
     z: Array  # B⁻¹U, shape (R, d, r)
+    u: Array
     v: Array
     capacitance_lu: Array
     capacitance_pivots: Array
@@ -98,6 +99,14 @@ def _block_apply(matrices, vectors):
     if vectors.ndim == 2:
         return jnp.einsum("jrs,sj->rj", matrices, vectors)
     return jnp.einsum("jrs,sjk->rjk", matrices, vectors)
+
+
+def _factor(inverses, u, v) -> _WoodburyState:
+    """Woodbury state of B + U Vᵀ from the block inverses B_j⁻¹."""
+    z = _block_apply(inverses, u)
+    capacitance = jnp.eye(u.shape[-1], dtype=z.dtype) + jnp.einsum("sjk,sjl->kl", v, z)
+    lu, pivots = jsl.lu_factor(capacitance)
+    return _WoodburyState(inverses, z, u, v, lu, pivots)
 
 
 class WoodburySolver(lx.AbstractLinearSolver):
@@ -119,12 +128,7 @@ class WoodburySolver(lx.AbstractLinearSolver):
                 "`WoodburySolver` needs a BlockLowRankOperator; got "
                 f"{type(operator).__name__}. Use lineax.LU() for dense operators."
             )
-        inverses = jnp.linalg.inv(operator.blocks)
-        z = _block_apply(inverses, operator.u)
-        rank = operator.u.shape[-1]
-        capacitance = jnp.eye(rank, dtype=z.dtype) + jnp.einsum("sjk,sjl->kl", operator.v, z)
-        cap_lu, cap_pivots = jsl.lu_factor(capacitance)
-        return _WoodburyState(inverses, z, operator.v, cap_lu, cap_pivots)
+        return _factor(jnp.linalg.inv(operator.blocks), operator.u, operator.v)
 
     def compute(self, state, vector, options):
         del options
@@ -136,7 +140,8 @@ class WoodburySolver(lx.AbstractLinearSolver):
         return y - jnp.einsum("rjk,k->rj", state.z, coefficients), lx.RESULTS.successful, {}
 
     def transpose(self, state, options):
-        raise NotImplementedError("`WoodburySolver` does not support transposed solves.")
+        """Mᵀ = Bᵀ + V Uᵀ: the block inverses transpose, U and V swap roles."""
+        return _factor(jnp.swapaxes(state.block_inverses, 1, 2), state.v, state.u), options
 
     def conj(self, state, options):
         return state, options

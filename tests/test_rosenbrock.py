@@ -89,6 +89,12 @@ def test_woodbury_solve_equals_dense_solve(scale):
     dense = np.linalg.solve(np.asarray(operator.as_matrix()), np.asarray(b).reshape(-1))
     np.testing.assert_allclose(np.asarray(solution).reshape(-1), dense, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(operator.mv(solution), b, rtol=1e-9, atol=1e-11)
+    # The transposed solve from the same factorization equals a dense solve with Mᵀ.
+    solver = mf.WoodburySolver()
+    state_t, _ = solver.transpose(solver.init(operator, {}), {})
+    solution_t = solver.compute(state_t, b, {})[0]
+    dense_t = np.linalg.solve(np.asarray(operator.as_matrix()).T, np.asarray(b).reshape(-1))
+    np.testing.assert_allclose(np.asarray(solution_t).reshape(-1), dense_t, rtol=1e-9, atol=1e-12)
 
 
 def _radau_reference(flow, model, loss, ts):
