@@ -314,10 +314,11 @@ def environment(size: Size) -> str:
     )
 
 
-def setup(description: str):
-    """Parse ``--quick`` / ``--budget``, enable float64, print the environment and the table
-    header; return the size, the problem and the initial model."""
-    parser = argparse.ArgumentParser(description=description)
+def setup(description: str, parser: argparse.ArgumentParser | None = None):
+    """Parse ``--quick`` / ``--budget`` (added to ``parser`` when a benchmark brings its own
+    options), enable float64, print the environment and the table header; return the size,
+    the problem and the initial model."""
+    parser = parser or argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="n=20, d=40, t1=50 smoke run")
     parser.add_argument("--budget", type=float, help="wall-time budget per scipy run [s]")
     args = parser.parse_args()

@@ -40,18 +40,61 @@ def steepest_map(g: ArrayLike, q: ArrayLike, eps: ArrayLike = 0.0, smoothing: st
     g = jnp.asarray(g)
     q = jnp.asarray(q, dtype=g.dtype)
     eps = jnp.asarray(eps, dtype=g.dtype)
-    exact = jnp.sign(g) * _abs_pow(g, q - 1)
+    branches = _BRANCHES[smoothing]
+    if q.ndim:
+        return branches[2](g, q, eps)
+    # The sign (q = 1) and identity (q = 2) cases skip the powers, which dominate the cost of
+    # a flow's vector field; a scalar q picks its branch at run time (under vmap over q,
+    # lax.switch evaluates all three and selects).
+    branch = jnp.where(q == 1, 0, jnp.where(q == 2, 1, 2))
+    return jax.lax.switch(branch, branches, g, q, eps)
+
+
+def _tanh_map(g: Array, q: Array | None, eps: Array) -> Array:
+    """tanh(g/ε)·|g|^(q−1), and sign(g)·|g|^(q−1) where ε = 0; q = None means q = 1."""
     positive = eps > 0
     eps_safe = jnp.where(positive, eps, 1.0)
-    if smoothing == "sqrt":
-        # g·(g² + ε²)^((q−2)/2) evaluated in units of s = max(|g|, ε), so that neither g² nor
-        # ε² can underflow (ε may be tiny where the structured smoothing scales it by |P|).
-        s = jnp.maximum(jnp.abs(g), eps_safe)
-        r, e = g / s, eps_safe / s
-        smooth = r * (r * r + e * e) ** ((q - 2) / 2) * s ** (q - 1)
+    sign = jnp.where(positive, jnp.tanh(g / eps_safe), jnp.sign(g))
+    return sign if q is None else sign * _abs_pow(g, q - 1)
+
+
+def _sqrt_map(g: Array, q: Array | None, eps: Array) -> Array:
+    """g·(g² + ε²)^((q−2)/2), the exact map where ε = 0; q = None means q = 1."""
+    # In units of s = max(|g|, ε): with r = g/s and e = ε/s the base r² + e² lies in [1, 2],
+    # so nothing underflows (ε may be tiny where the structured smoothing scales it by |P|),
+    # and the value is r·exp(((q−2)/2)·log(r² + e²) + (q−1)·log s): two logarithms and one
+    # exponential (at q = 1, r/√(r² + e²)). At ε = 0 the same formula is the exact map
+    # sign(g)·|g|^(q−1) (e = 0, base 1); g = ε = 0 gives 0.
+    s = jnp.maximum(jnp.abs(g), eps)
+    nonzero = s > 0
+    s_safe = jnp.where(nonzero, s, 1.0)
+    r, e = g / s_safe, eps / s_safe
+    base = jnp.where(nonzero, r * r + e * e, 1.0)
+    if q is None:
+        value = r / jnp.sqrt(base)
     else:
-        smooth = jnp.tanh(g / eps_safe) * _abs_pow(g, q - 1)
-    return jnp.where(positive, smooth, exact)
+        value = r * jnp.exp(0.5 * (q - 2) * jnp.log(base) + (q - 1) * jnp.log(s_safe))
+    return jnp.where(nonzero, value, 0.0)
+
+
+def _identity(g: Array, q: Array, eps: Array) -> Array:
+    return g * jnp.ones_like(eps)
+
+
+def _tanh_sign(g: Array, q: Array, eps: Array) -> Array:
+    return _tanh_map(g, None, eps)
+
+
+def _sqrt_sign(g: Array, q: Array, eps: Array) -> Array:
+    return _sqrt_map(g, None, eps)
+
+
+# lax.switch branches per smoothing: q = 1, q = 2, general q (module-level functions, so that
+# eager calls hit JAX's cache).
+_BRANCHES = {
+    "sqrt": (_sqrt_sign, _identity, _sqrt_map),
+    "tanh": (_tanh_sign, _identity, _tanh_map),
+}
 
 
 class Lp(eqx.Module):

@@ -7,6 +7,8 @@ structure-preserving smoothing of `SteepestFlow` uses.
 """
 
 import abc
+import functools
+import operator
 
 import equinox as eqx
 import jax
@@ -79,6 +81,13 @@ def _balanced_layers(w1: ArrayLike, c: ScalarLike, q: ScalarLike, depth: int) ->
     return jnp.concatenate([w1[None], rest], axis=0)
 
 
+def _product(stack: Array) -> Array:
+    """∏_i stack[i] over the leading (depth) axis, written as a chain of multiplies (depth is
+    static): its derivatives are fused elementwise products, where those of ``jnp.prod`` go
+    through cumulative products, several times slower inside an ODE solve."""
+    return functools.reduce(operator.mul, list(stack))
+
+
 def _factor_balance(factors: Factors, q: ScalarLike) -> Array:
     powered = jnp.abs(factors) ** q
     return powered[1:] - powered[:1]
@@ -111,7 +120,7 @@ class DeepDiagonal(AbstractReparam):
         return self.factors.shape[1]
 
     def __call__(self) -> Vector:
-        return jnp.prod(self.factors, axis=0)
+        return _product(self.factors)
 
     def balance(self, q: ScalarLike) -> Array:
         """|w_i|^q − |w_1|^q, shape (depth − 1, dim)."""
@@ -166,7 +175,7 @@ class SignedDeepDiagonal(AbstractReparam):
         return self.u.shape[1]
 
     def __call__(self) -> Vector:
-        return jnp.prod(self.u, axis=0) - jnp.prod(self.v, axis=0)
+        return _product(self.u) - _product(self.v)
 
     def balance(self, q: ScalarLike) -> Array:
         """|u_i|^q − |u_1|^q and |v_i|^q − |v_1|^q stacked, shape (2, depth − 1, dim)."""
@@ -345,7 +354,7 @@ class PaddedDeepDiagonal(AbstractReparam):
         return _padded_depth(self.factors)
 
     def __call__(self) -> Vector:
-        return jnp.prod(_unit_padding(self.factors, self.depth), axis=0)
+        return _product(_unit_padding(self.factors, self.depth))
 
     def balance(self, q: ScalarLike) -> Array:
         """|w_i|^q − |w_1|^q, shape (max_depth − 1, dim); NaN on padding rows."""
@@ -389,7 +398,7 @@ class PaddedSignedDeepDiagonal(AbstractReparam):
     def __call__(self) -> Vector:
         depth = self.depth
         u, v = _unit_padding(self.u, depth), _unit_padding(self.v, depth)
-        return jnp.prod(u, axis=0) - jnp.prod(v, axis=0)
+        return _product(u) - _product(v)
 
     def balance(self, q: ScalarLike) -> Array:
         """Balance of u and v stacked, shape (2, max_depth − 1, dim); NaN on padding rows."""

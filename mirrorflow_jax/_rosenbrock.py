@@ -131,40 +131,53 @@ def supports_structured(args, y) -> bool:
     )
 
 
+def _velocity_and_jacobian(flow: SteepestFlow, model: AbstractReparam, loss, t):
+    """The velocity in the (R, d) row layout and its `structured_jacobian`, from one
+    linearization of the flow (the velocity is the linearization's primal output)."""
+    x = model()
+    dim = x.shape[0]
+    w = _rows(model, dim)
+    g = jax.grad(loss)(x)
+
+    def velocity(w_rows, g_):
+        return _rows(flow(t, _unrows(w_rows, model), _Linear(g_)), dim)
+
+    value, linear = jax.linearize(velocity, w, g)
+    # R + 1 tangents in one batch: (e_s ⊗ 1, 0) gives column s of every block at once (the
+    # model is separable), (0, 1) gives ∂v/∂g_j entry by entry.
+    rows = w.shape[0]
+    w_tangents = jnp.concatenate(
+        [jnp.eye(rows, dtype=w.dtype)[:, :, None] * jnp.ones_like(x), jnp.zeros_like(w)[None]]
+    )
+    g_tangents = jnp.concatenate([jnp.zeros((rows, dim), g.dtype), jnp.ones_like(g)[None]])
+    columns = jax.vmap(linear)(w_tangents, g_tangents)
+    operator = BlockLowRankOperator(
+        blocks=jnp.transpose(columns[:rows], (2, 1, 0)),
+        left=columns[rows],
+        right=_rows(model.factor_jacobian(), dim),
+        factor=loss.hessian_factor(x),
+    )
+    return value, operator
+
+
 def structured_jacobian(flow: SteepestFlow, model: AbstractReparam, loss, t=0.0):
     r"""The Jacobian J = ∂v/∂w of the steepest-flow velocity v = ``flow(t, model, loss)`` as a
     `BlockLowRankOperator` on the (R, d) row layout of the model's factors.
 
     Writing v(w) = Φ(w, g(x(w))) with g = ∇f(x), and Φ separable in the coordinate j given g,
 
-        J = ∂Φ/∂w|_g + (∂Φ/∂g) ∇²f (∂x/∂w),   ∇²f = C Cᵀ,
+        J = ∂Φ/∂w|_g + diag(∂Φ/∂g) E ∇²f Eᵀ diag(∂x/∂w),   ∇²f = C Cᵀ,
 
-    the first term is block diagonal (one R×R block per coordinate, R jvps), and the second is
-    U Vᵀ with U[r, j] = (∂Φ_{rj}/∂g_j) C[j], V[s, l] = (∂x_l/∂w_{sl}) C[l] — rank n for
-    regression and classification losses. Covers both smoothing placements and coupled and
-    decoupled weight decay, since it differentiates the flow itself.
+    the first term is block diagonal (one R×R block per coordinate) and the second has rank
+    r (= n for regression and classification losses); E copies coordinate j to its R factor
+    entries. All of it comes from one linearization of the flow with R + 1 tangents, so it
+    covers both smoothing placements and coupled and decoupled weight decay.
 
     **Arguments:** ``flow`` a `SteepestFlow`; ``model`` a separable `AbstractReparam` (every
     leaf's last axis is the coordinate); ``loss`` with ``hessian_factor(x) -> C`` of shape
     (d, r); ``t`` the time.
     """
-    x = model()
-    dim = x.shape[0]
-    w = _rows(model, dim)
-    g = jax.grad(loss)(x)
-    factor = loss.hessian_factor(x)
-
-    def velocity(w_rows, g_):
-        return _rows(flow(t, _unrows(w_rows, model), _Linear(g_)), dim)
-
-    basis = jnp.eye(w.shape[0], dtype=w.dtype)[:, :, None] * jnp.ones_like(x)
-    columns = jax.vmap(lambda e: jax.jvp(lambda w_: velocity(w_, g), (w,), (e,))[1])(basis)
-    blocks = jnp.transpose(columns, (2, 1, 0))
-    d_velocity_d_g = jax.jvp(lambda g_: velocity(w, g_), (g,), (jnp.ones_like(g),))[1]
-    jacobian_x = _rows(model.factor_jacobian(), dim)
-    return BlockLowRankOperator(
-        blocks, d_velocity_d_g[:, :, None] * factor, jacobian_x[:, :, None] * factor
-    )
+    return _velocity_and_jacobian(flow, model, loss, t)[1]
 
 
 class Rodas4(diffrax.AbstractAdaptiveSolver):
@@ -183,8 +196,9 @@ class Rodas4(diffrax.AbstractAdaptiveSolver):
     - ``"dense"``: J by ``jax.jacfwd`` and ``lineax.LU``, for any flow, model and loss;
     - ``"auto"`` (default): structured where possible, else dense.
 
-    A stage solve whose relative residual ‖(I − γhJ)k − b‖/‖b‖ exceeds ``residual_tol``
-    (a near-singular block or capacitance matrix) rejects the step, so the controller
+    If the first stage's solve has relative residual ‖(I − γhJ)k − b‖/‖b‖ above
+    ``residual_tol`` (a near-singular block or capacitance matrix; all six stages share that
+    factorization), or the step is not finite, the step is rejected and the controller
     retries with a smaller h.
     """
 
@@ -211,7 +225,8 @@ class Rodas4(diffrax.AbstractAdaptiveSolver):
         return terms.vf(t0, y0, args)
 
     def _linearization(self, terms, t0, y0, args, scale):
-        """Flattening maps, the stage matrix I − scale·J and its factorization."""
+        """Flattening maps, the field at (t0, y0), the stage matrix I − scale·J and its
+        factorization."""
         structured = supports_structured(args, y0)
         if self.structure == "structured" and not structured:
             raise ValueError(
@@ -221,24 +236,27 @@ class Rodas4(diffrax.AbstractAdaptiveSolver):
             )
         if self.structure != "dense" and structured:
             dim = y0().shape[0]
-            jacobian = structured_jacobian(args.flow, y0, args.loss, t0)
+            field0, jacobian = _velocity_and_jacobian(args.flow, y0, args.loss, t0)
             operator = jacobian.shifted(scale)
             solver = WoodburySolver()
             flatten, unflatten = (lambda y: _rows(y, dim)), (lambda r: _unrows(r, y0))
         else:
             flat0, unflatten = ravel_pytree(y0)
             flatten = lambda y: ravel_pytree(y)[0]  # noqa: E731
-            jacobian = jax.jacfwd(lambda f: flatten(terms.vf(t0, unflatten(f), args)))(flat0)
+            field0, linear = jax.linearize(
+                lambda f: flatten(terms.vf(t0, unflatten(f), args)), flat0
+            )
             eye = jnp.eye(flat0.shape[0], dtype=flat0.dtype)
+            jacobian = jax.vmap(linear, out_axes=1)(eye)
             operator = lx.MatrixLinearOperator(eye - scale * jacobian)
             solver = lx.LU()
-        return flatten, unflatten, operator, solver, solver.init(operator, {})
+        return flatten, unflatten, field0, operator, solver, solver.init(operator, {})
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del solver_state, made_jump
         h = t1 - t0
         scale = _GAMMA * h
-        flatten, unflatten, operator, solver, state = self._linearization(
+        flatten, unflatten, field0, operator, solver, state = self._linearization(
             terms, t0, y0, args, scale
         )
 
@@ -252,18 +270,21 @@ class Rodas4(diffrax.AbstractAdaptiveSolver):
             dfdt = jax.jvp(lambda t: field(t, y0_flat), (t0,), (jnp.ones_like(t0),))[1]
         a, c, d, times = (jnp.asarray(m, y0_flat.dtype) for m in (_A, _C, _D, _STAGE_TIMES))
 
-        def stage(i, carry):
-            # One traced stage inside a loop (not six unrolled ones) keeps compile time low.
-            ks, residual = carry
-            y_stage = y0_flat + jnp.tensordot(a[i], ks, 1)
-            rhs = field(t0 + times[i] * h, y_stage) + d[i] * h * dfdt
-            rhs = scale * (rhs + jnp.tensordot(c[i], ks, 1) / h)
+        def solve(i, ks, velocity):
+            rhs = scale * (velocity + d[i] * h * dfdt + jnp.tensordot(c[i], ks, 1) / h)
             k, _, _ = solver.compute(state, rhs, {})
-            residual = jnp.maximum(residual, relative_residual(operator, k, rhs))
-            return ks.at[i].set(k), residual
+            return ks.at[i].set(k), rhs
 
-        ks0 = jnp.zeros((6, *y0_flat.shape), y0_flat.dtype)
-        ks, residual = jax.lax.fori_loop(0, 6, stage, (ks0, jnp.zeros((), y0_flat.dtype)))
+        def stage(i, ks):
+            # One traced stage inside a loop (not five unrolled ones) keeps compile time low.
+            velocity = field(t0 + times[i] * h, y0_flat + jnp.tensordot(a[i], ks, 1))
+            return solve(i, ks, velocity)[0]
+
+        # Stage 1 evaluates the field at (t0, y0): the linearization already holds it. Its
+        # solve's residual guards the factorization that all six stages share.
+        ks, rhs = solve(0, jnp.zeros((6, *y0_flat.shape), y0_flat.dtype), field0)
+        residual = relative_residual(operator, ks[0], rhs)
+        ks = jax.lax.fori_loop(1, 6, stage, ks)
         y1_flat = y0_flat + jnp.tensordot(a[6], ks, 1)
         failed = ~(residual <= self.residual_tol) | ~jnp.all(jnp.isfinite(y1_flat))
         y_error = jnp.where(failed, jnp.inf, ks[5])

@@ -16,6 +16,7 @@ from jax.flatten_util import ravel_pytree
 from scipy import integrate
 
 import mirrorflow_jax as mf
+from mirrorflow_jax._linear import _block_inverses, _gauss_jordan
 from mirrorflow_jax._rosenbrock import _rows, _unrows
 
 from .helpers import positive_signed_model, small_regression
@@ -76,25 +77,46 @@ def test_structured_jacobian_equals_jacfwd(case):
     assert error <= 1e-10
 
 
+def _random_operator(seed, scale, rows=4, dim=9, rank=3):
+    keys = jax.random.split(jax.random.key(seed), 4)
+    blocks = scale * jax.random.normal(keys[0], (dim, rows, rows), dtype=jnp.float64)
+    left = jax.random.normal(keys[1], (rows, dim), dtype=jnp.float64)
+    right = jax.random.normal(keys[2], (rows, dim), dtype=jnp.float64)
+    factor = jax.random.normal(keys[3], (dim, rank), dtype=jnp.float64)
+    return mf.BlockLowRankOperator(blocks, left, right, factor)
+
+
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
 def test_woodbury_solve_equals_dense_solve(scale):
-    keys = jax.random.split(jax.random.key(int(np.log10(scale)) + 5), 4)
-    rows, dim, rank = 4, 9, 3
-    blocks = scale * jax.random.normal(keys[0], (dim, rows, rows), dtype=jnp.float64)
-    u = jax.random.normal(keys[1], (rows, dim, rank), dtype=jnp.float64)
-    v = jax.random.normal(keys[2], (rows, dim, rank), dtype=jnp.float64)
-    operator = mf.BlockLowRankOperator(blocks, u, v).shifted(0.7)
-    b = jax.random.normal(keys[3], (rows, dim), dtype=jnp.float64)
+    operator = _random_operator(int(np.log10(scale)) + 5, scale).shifted(0.7)
+    rows, dim = operator.left.shape
+    b = jax.random.normal(jax.random.key(11), (rows, dim), dtype=jnp.float64)
     solution = lx.linear_solve(operator, b, mf.WoodburySolver()).value
     dense = np.linalg.solve(np.asarray(operator.as_matrix()), np.asarray(b).reshape(-1))
     np.testing.assert_allclose(np.asarray(solution).reshape(-1), dense, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(operator.mv(solution), b, rtol=1e-9, atol=1e-11)
+    # mv and the diagonal agree with the dense matrix.
+    matrix = np.asarray(operator.as_matrix())
+    np.testing.assert_allclose(
+        np.asarray(operator.mv(b)).reshape(-1), matrix @ np.asarray(b).reshape(-1), rtol=1e-12
+    )
+    np.testing.assert_allclose(lx.diagonal(operator), np.diag(matrix), rtol=1e-12)
     # The transposed solve from the same factorization equals a dense solve with Mᵀ.
     solver = mf.WoodburySolver()
     state_t, _ = solver.transpose(solver.init(operator, {}), {})
     solution_t = solver.compute(state_t, b, {})[0]
-    dense_t = np.linalg.solve(np.asarray(operator.as_matrix()).T, np.asarray(b).reshape(-1))
+    dense_t = np.linalg.solve(matrix.T, np.asarray(b).reshape(-1))
     np.testing.assert_allclose(np.asarray(solution_t).reshape(-1), dense_t, rtol=1e-9, atol=1e-12)
+
+
+def test_block_inverses_fall_back_to_pivoting():
+    """Blocks whose leading entry is 0 defeat elimination without pivoting; the checked
+    inverse falls back to a pivoted one and stays exact."""
+    swap = jnp.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
+    blocks = jnp.stack([swap, jnp.eye(3) + 0.1 * swap])
+    inverses = jnp.transpose(_block_inverses(blocks), (2, 0, 1))
+    np.testing.assert_allclose(inverses, np.linalg.inv(np.asarray(blocks)), atol=1e-14)
+    assert not np.all(np.isfinite(np.asarray(_gauss_jordan(jnp.transpose(blocks, (1, 2, 0))))))
 
 
 def _radau_reference(flow, model, loss, ts):
