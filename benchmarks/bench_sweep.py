@@ -3,7 +3,10 @@
 Grid: (q, ε) ∈ {(1, 1e-3), (1.5, 0), (2, 0)} × α ∈ 8 log-spaced values in [1e-3, 1e-1]
 (q-major, so that consecutive members share q); a signed depth-3 diagonal network,
 ``SignedDeepDiagonal.scaled(α)``, on seeded sparse regression (n = 40, d = 100, k = 5),
-integrated to t1 = 100 with rtol = 1e-8, atol = 1e-10 (float64, structured smoothing).
+integrated to t1 = 100 with rtol = 1e-8, atol = 1e-10 by default (``--rtol/--atol``: the same
+tolerances for every method; scipy's own defaults are 1e-3/1e-6), float64, structured
+smoothing. diffrax rows use `Rodas4` for the stiff q = 1 members and Tsit5 for the others,
+picked per member inside the compiled program (``--solver tsit5``: Tsit5 for all).
 
 Rows, all run in this process, one after another:
 
@@ -19,7 +22,9 @@ LSODA loop's run time over each row's run and end-to-end times; where some solve
 early the times are lower bounds, marked ``>`` (only LSODA stopped early: the ratio is a lower
 bound), ``<`` (only this row did) or ``~`` (both did).
 
-Usage: ``python benchmarks/bench_sweep.py [--quick] [--budget SECONDS] [--batch-size B]``
+Usage: ``python benchmarks/bench_sweep.py [--quick] [--budget SECONDS] [--batch-size B]
+[--rtol R] [--atol A] [--solver-rtol R] [--solver-atol A] [--strategies map,auto]
+[--solver {rodas4-for-q1,tsit5}]``
 """
 
 import argparse
@@ -29,6 +34,7 @@ import os
 import platform
 import time
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -40,7 +46,6 @@ from scipy.integrate import solve_ivp
 import mirrorflow_jax as mf
 from mirrorflow_jax._sweep import Grid, sweep
 
-RTOL, ATOL = 1e-8, 1e-10
 DEPTH = 3
 GEOMETRIES = {"q": [1.0, 1.5, 2.0], "eps": [1e-3, 0.0, 0.0]}
 
@@ -53,10 +58,16 @@ class Size:
     num_alphas: int
     max_steps: int
     budget: float
+    rtol: float = 1e-8  # every method (LSODA, and diffrax unless solver_rtol is set)
+    atol: float = 1e-10
+    solver: str = "rodas4-for-q1"
+    solver_rtol: float | None = None  # diffrax rows only
+    solver_atol: float | None = None
 
 
 FULL = Size(n=40, d=100, t1=100.0, num_alphas=8, max_steps=200_000, budget=30.0)
 QUICK = Size(n=20, d=40, t1=20.0, num_alphas=2, max_steps=20_000, budget=2.0)
+SOLVERS = ("rodas4-for-q1", "tsit5")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +87,33 @@ def make_grid(size: Size) -> Grid:
 
 
 def make_run(problem, size: Size):
+    """The sweep function. With ``size.solver == "rodas4-for-q1"`` each member picks its solver
+    inside the compiled program (``lax.cond`` on the traced q, ε): `Rodas4` for the stiff
+    smoothed sign flow (q = 1, ε > 0), Tsit5 for the rest; with ``"tsit5"`` every member uses
+    Tsit5."""
+    controller = diffrax.PIDController(
+        rtol=size.solver_rtol or size.rtol, atol=size.solver_atol or size.atol
+    )
+
     def run(q, eps, alpha):
         flow = mf.SteepestFlow(mf.Lp(q, eps))
         model = mf.SignedDeepDiagonal.scaled(alpha, depth=DEPTH, dim=size.d)
-        return mf.solve_flow(flow, model, problem, size.t1, max_steps=size.max_steps)
+
+        def solve(solver):
+            return lambda: mf.solve_flow(
+                flow,
+                model,
+                problem,
+                size.t1,
+                solver=solver,
+                stepsize_controller=controller,
+                max_steps=size.max_steps,
+            )
+
+        if size.solver == "tsit5":
+            return solve(diffrax.Tsit5())()
+        stiff = (q == 1.0) & (eps > 0.0)
+        return jax.lax.cond(stiff, solve(mf.Rodas4()), solve(diffrax.Tsit5()))
 
     return run
 
@@ -109,7 +143,9 @@ def scipy_row(grid: Grid, problem, size: Size) -> Row:
         start = time.perf_counter()
         field.start()
         try:
-            res = solve_ivp(field, (0.0, size.t1), np.asarray(y0), "LSODA", rtol=RTOL, atol=ATOL)
+            res = solve_ivp(
+                field, (0.0, size.t1), np.asarray(y0), "LSODA", rtol=size.rtol, atol=size.atol
+            )
             done = bool(res.success)
         except BudgetExceeded:
             done = False
@@ -219,10 +255,38 @@ def per_geometry(grid: Grid, loops: list[Row]) -> list[str]:
     return lines
 
 
+def accuracy(grid: Grid, problem, size: Size, rows: list[Row]) -> list[str]:
+    """Each row's error against a reference solved 100× tighter (rtol/100, atol/100, Rodas4
+    for the q = 1 members), over the members the LSODA loop finished: at loose tolerances the
+    rows' agreement with LSODA alone does not say which is off."""
+    tight = dataclasses.replace(
+        size, rtol=size.rtol / 100, atol=size.atol / 100, solver_rtol=None, solver_atol=None
+    )
+    solve = eqx.filter_jit(make_run(problem, tight))
+    done = rows[0].finished
+    reference = np.full_like(rows[0].x, np.nan)
+    for i, config in enumerate(configs(grid)):
+        if done[i]:
+            reference[i] = np.asarray(solve(*(jnp.asarray(v) for v in config)).x[-1])
+    lines = [
+        f"| method | max abs x − x_ref over the {int(done.sum())} members LSODA finished |",
+        "|---|---:|",
+    ]
+    for row in rows:
+        both = done & row.finished
+        error = np.max(np.abs(row.x[both] - reference[both])) if both.any() else np.nan
+        lines.append(f"| {row.method} | {error:.1e} |")
+    return lines
+
+
 def summary(rows: list[Row]) -> str:
     sweeps = [row for row in rows if row.method.startswith("sweep")]
+    if not sweeps:
+        return "no sweep strategy timed"
     best = min(sweeps, key=lambda row: row.run_s)
-    auto = next(row for row in sweeps if "'auto'" in row.method)
+    auto = next((row for row in sweeps if "'auto'" in row.method), None)
+    if auto is None:
+        return f"fastest strategy: {best.method} ({best.run_s:.3g} s)"
     return (
         f"fastest strategy: {best.method} ({best.run_s:.3g} s); auto: {auto.run_s:.3g} s "
         f"= {auto.run_s / best.run_s:.2f} × the fastest"
@@ -238,7 +302,9 @@ def environment(size: Size, grid: Grid) -> str:
             f"jax.devices(): {jax.devices()}",
             f"grid: {grid.size} members, dims {grid.dims}; sparse_regression(key(0), "
             f"n={size.n}, d={size.d}, k=5); SignedDeepDiagonal.scaled(alpha, depth={DEPTH}); "
-            f"t1={size.t1:g}; rtol={RTOL:g}, atol={ATOL:g}; float64",
+            f"t1={size.t1:g}; rtol={size.rtol:g}, atol={size.atol:g}; float64; "
+            f"diffrax solver: {size.solver}, rtol={size.solver_rtol or size.rtol:g}, "
+            f"atol={size.solver_atol or size.atol:g}",
             f"caps: diffrax max_steps={size.max_steps}; LSODA budget {size.budget:g} s/member",
             load(),
         ]
@@ -250,6 +316,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="n=20, d=40, t1=20, 6 members")
     parser.add_argument("--budget", type=float, help="wall-time budget per LSODA solve [s]")
     parser.add_argument("--batch-size", type=int, default=8, help="for strategy='batched'")
+    parser.add_argument("--rtol", type=float, default=1e-8, help="for every method")
+    parser.add_argument("--atol", type=float, default=1e-10, help="for every method")
+    parser.add_argument("--solver-rtol", type=float, help="diffrax rows only (default: --rtol)")
+    parser.add_argument("--solver-atol", type=float, help="diffrax rows only (default: --atol)")
+    parser.add_argument(
+        "--strategies",
+        default="map,batched,vmap,auto",
+        help="comma-separated sweep strategies to time",
+    )
+    parser.add_argument(
+        "--solver",
+        choices=SOLVERS,
+        default=SOLVERS[0],
+        help="diffrax rows: Rodas4 for the q = 1 members and Tsit5 for the rest, or Tsit5 for all",
+    )
     return parser.parse_args()
 
 
@@ -257,6 +338,14 @@ def main():
     args = parse_args()
     jax.config.update("jax_enable_x64", True)
     size = QUICK if args.quick else FULL
+    size = dataclasses.replace(
+        size,
+        rtol=args.rtol,
+        atol=args.atol,
+        solver=args.solver,
+        solver_rtol=args.solver_rtol,
+        solver_atol=args.solver_atol,
+    )
     if args.budget is not None:
         size = dataclasses.replace(size, budget=args.budget)
     problem = mf.sparse_regression(jax.random.key(0), n=size.n, d=size.d, k=5)
@@ -267,11 +356,17 @@ def main():
     rows = [scipy_row(grid, problem, size), jitted_loop_row(grid, run)]
     for row in rows:
         print(markdown_row(row, rows[0]), flush=True)
-    strategies = [("map", None), ("batched", args.batch_size), ("vmap", None), ("auto", None)]
+    unknown = set(args.strategies.split(",")) - {"map", "batched", "vmap", "auto"}
+    if unknown:
+        raise SystemExit(f"--strategies: unknown {sorted(unknown)}; use map, batched, vmap, auto")
+    batch_sizes = {"batched": args.batch_size}
+    strategies = [(name, batch_sizes.get(name)) for name in args.strategies.split(",")]
     for strategy, batch_size in strategies:
         rows.append(sweep_row(grid, run, strategy, batch_size))
         print(markdown_row(rows[-1], rows[0]), flush=True)
     print("\n" + "\n".join(per_geometry(grid, rows[:2])))
+    print(f"\nreference: rtol={size.rtol / 100:g}, atol={size.atol / 100:g}")
+    print("\n".join(accuracy(grid, problem, size, rows)), flush=True)
     print(f"\n{summary(rows)}\n{load()}")
 
 
