@@ -63,6 +63,7 @@ from ._rosenbrock import (
 from ._sensitivity import eps_sensitivity as eps_sensitivity
 from ._solve import (
     AbstractEscape as AbstractEscape,
+    EventNewton as EventNewton,
     FlowSolution as FlowSolution,
     LossBelow as LossBelow,
     NormAbove as NormAbove,

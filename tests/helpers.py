@@ -50,12 +50,13 @@ def balanced_toy_speed(w, q, depth, eps=0.0, naive=False):
 
 
 def toy_escape_time(alpha, q, depth, eps=0.0, naive=False, x_escape=0.5):
-    """Time for x = w^L to climb from α^L to ``x_escape``: ∫ dw / (dw/dt) by quadrature."""
+    """Time for x = w^L to climb from α^L to ``x_escape``: ∫ dw / (dw/dt) by quadrature, in
+    u = log w (∫ w / (dw/dt) du), which stays accurate when α spans many decades."""
     w_escape = x_escape ** (1 / depth)
     value, _ = integrate.quad(
-        lambda w: 1.0 / balanced_toy_speed(w, q, depth, eps, naive),
-        alpha,
-        w_escape,
+        lambda u: np.exp(u) / balanced_toy_speed(np.exp(u), q, depth, eps, naive),
+        np.log(alpha),
+        np.log(w_escape),
         epsabs=0.0,
         epsrel=1e-12,
         limit=500,

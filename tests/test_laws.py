@@ -100,13 +100,21 @@ def test_saddle_speed(depth, q, eps):
 ALPHAS = np.logspace(-3, -1, 5)
 
 
-def _escape_times(q, depth, eps=0.0, smoothing_at="auto", alphas=ALPHAS):
+def _escape_times(q, depth, eps=0.0, smoothing_at="auto", alphas=ALPHAS, controller=None):
     toy = mf.ScalarToy()
     flow = mf.SteepestFlow(mf.Lp(q, eps), smoothing_at=smoothing_at)
 
     def run(alpha):
         model = mf.DeepDiagonal.scaled(alpha, depth=depth, dim=1)
-        return mf.solve_flow(flow, model, toy, 1e9, event=mf.NormAbove(0.5), max_steps=20_000)
+        return mf.solve_flow(
+            flow,
+            model,
+            toy,
+            1e12,
+            event=mf.NormAbove(0.5),
+            max_steps=20_000,
+            stepsize_controller=controller,
+        )
 
     sol = jax.vmap(run)(jnp.asarray(alphas))
     assert bool(jnp.all(sol.ok))
@@ -125,6 +133,21 @@ def test_escape_time_exponent(q, depth, slope):
     np.testing.assert_allclose(times, reference, rtol=1e-6)
     fitted = np.polyfit(np.log(ALPHAS), np.log(times), 1)[0]
     assert abs(fitted - slope) <= 0.15, fitted
+
+
+def test_large_escape_times_are_located():
+    """At escape times 1e8–1e10 the event function cannot get within the root finder's atol of
+    0 (float spacing of t times its slope exceeds it); `EventNewton` stops once t is resolved,
+    so the solve succeeds and T agrees with the quadrature. With optimistix's Newton alone
+    the same solves report a failed root find (measured: T = 1e8 at α = 1e-8). The default
+    atol (1e-10) is no error control for w ≈ α ≤ 1e-8 (measured: T off by 5e-6 and 1e-3
+    relative), hence atol ≪ α here."""
+    alphas = [1e-8, 1e-10]
+    controller = diffrax.PIDController(rtol=1e-10, atol=1e-24)
+    times = _escape_times(2.0, 3, alphas=alphas, controller=controller)  # every solve ok
+    reference = [toy_escape_time(a, 2.0, 3) for a in alphas]
+    np.testing.assert_allclose(times, reference, rtol=1e-6)
+    assert times[-1] > 5e9
 
 
 def test_escape_time_gf_depth_two_grows_like_log():

@@ -322,3 +322,35 @@ def test_sharded_over_four_devices_equals_one_device(runs, depth_sweep):
     assert single.attrs["num_chunks"] == 4
     xr.testing.assert_allclose(sharded.drop_attrs(), single.drop_attrs(), rtol=1e-12, atol=1e-15)
     np.testing.assert_array_equal(sharded.num_steps, single.num_steps)
+
+
+def test_save_times_that_round_above_t1_do_not_stop_a_sweep_over_t1():
+    """``arange(k) * (t1 / (k − 1))`` ends a hair above t1 for t1 = 3.1 or 3.9 (k = 4). With
+    t1 swept it cannot be checked before tracing; such times count as t1 (and a concrete t1
+    gets the same slack), while times clearly outside still raise."""
+    problem = mf.ScalarToy()
+
+    def member(t1):
+        ts = jnp.arange(4.0) * (t1 / 3)
+        model = mf.DeepDiagonal.scaled(0.1, depth=2, dim=1)
+        return mf.solve_flow(mf.SteepestFlow(mf.Lp(2.0)), model, problem, t1, saveat=ts)
+
+    t1s = [2.0, 3.1, 3.9]
+    assert float(np.arange(4.0)[-1] * (3.1 / 3)) > 3.1  # the rounding this test is about
+    ds = sweep(member, Grid(t1=t1s), strategy="vmap")
+    assert ds.ok.values.all()
+    for t1 in t1s:
+        single = member(t1)
+        np.testing.assert_allclose(ds.x.sel(t1=t1).values, single.x, rtol=1e-12)
+        assert float(single.ts[-1]) == t1
+    model = mf.DeepDiagonal.scaled(0.1, depth=2, dim=1)
+
+    def fixed_times(t1):  # concrete save times, traced t1: checked at run time only
+        flow = mf.SteepestFlow(mf.Lp(2.0))
+        return mf.solve_flow(flow, model, problem, t1, saveat=jnp.array([0.0, 3.1])).x
+
+    np.testing.assert_allclose(
+        jax.jit(fixed_times)(3.1), member(3.1).x[jnp.array([0, -1])], rtol=1e-12
+    )
+    with pytest.raises(ValueError, match="`saveat` times must be non-decreasing and lie in"):
+        mf.solve_flow(mf.SteepestFlow(mf.Lp(2.0)), model, problem, 3.1, saveat=[0, 3.1 + 1e-9])
