@@ -16,7 +16,8 @@ regression, for gradient flow (q = 2), the exact q = 1.5 flow and the smoothed s
 Wall-time ratios are against scipy LSODA (finite-difference Jacobian) on the same flow, run in
 the same process.
 
-Usage: ``python benchmarks/bench_core.py [--quick] [--budget SECONDS]``
+Usage: ``python benchmarks/bench_core.py [--quick] [--budget SECONDS] [--rtol R]`` (atol =
+R/100; default rtol 1e-8, atol 1e-10)
 """
 
 import argparse
@@ -113,7 +114,13 @@ def compile_solve(case, model, problem, size, solver, max_steps):
     """AOT-compiled ``solve_flow`` for this case, and its compile time."""
     solve = eqx.filter_jit(
         lambda flow, params0, loss: mf.solve_flow(
-            flow, params0, loss, size.t1, solver=solver, max_steps=max_steps
+            flow,
+            params0,
+            loss,
+            size.t1,
+            solver=solver,
+            max_steps=max_steps,
+            stepsize_controller=diffrax.PIDController(rtol=RTOL, atol=ATOL),
         )
     )
     compiled, seconds = timed(lambda: solve.lower(case.flow, model, problem).compile())
@@ -318,10 +325,18 @@ def setup(description: str, parser: argparse.ArgumentParser | None = None):
     """Parse ``--quick`` / ``--budget`` (added to ``parser`` when a benchmark brings its own
     options), enable float64, print the environment and the table header; return the size,
     the problem and the initial model."""
+    global RTOL, ATOL
     parser = parser or argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="n=20, d=40, t1=50 smoke run")
     parser.add_argument("--budget", type=float, help="wall-time budget per scipy run [s]")
+    parser.add_argument(
+        "--rtol", type=float, help=f"rtol of every method, atol = rtol/100 (default {RTOL:g})"
+    )
     args = parser.parse_args()
+    if args.rtol is not None:
+        if not 0 < args.rtol < 1:
+            parser.error(f"--rtol must lie in (0, 1); got {args.rtol:g}")
+        RTOL, ATOL = args.rtol, args.rtol / 100
     jax.config.update("jax_enable_x64", True)
     size = QUICK if args.quick else FULL
     if args.budget is not None:

@@ -3,12 +3,13 @@ scipy LSODA, an explicit and a stock implicit diffrax solver, on the same vector
 
 Problem (as in ``bench_core.py``): sparse regression n=40, d=100, k=5; signed deep diagonal
 model, depth 3 (600 states), w0 = 1e-2, t1 = 200; q = 1 with ε ∈ {1e-3, 1e-6} and both
-smoothing placements; rtol = 1e-8, atol = 1e-10 for every method. Compile time (AOT
+smoothing placements; rtol = 1e-8, atol = 1e-10 for every method (``--rtol``). Compile time (AOT
 ``.lower().compile()`` for diffrax, the jit of the right-hand side for scipy) is reported
 apart from wall time; ratios are against LSODA with its default finite-difference Jacobian,
 run in the same process.
 
-Usage: ``python benchmarks/bench_sign_flow.py [--quick] [--budget SECONDS] [--fast]``
+Usage: ``python benchmarks/bench_sign_flow.py [--quick] [--budget SECONDS] [--fast] [--rtol R]``
+(``--rtol``: every method at rtol R, atol R/100)
 
 ``--fast`` runs only the baseline (LSODA, finite-difference Jacobian) and `Rodas4` with the
 structured Jacobian: the pair behind the headline ratio, minutes instead of most of an hour.
