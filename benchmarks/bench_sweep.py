@@ -64,6 +64,11 @@ class Size:
     solver_rtol: float | None = None  # diffrax rows only
     solver_atol: float | None = None
 
+    @property
+    def diffrax_tolerances(self) -> tuple[float, float]:
+        """(rtol, atol) of the diffrax rows."""
+        return self.solver_rtol or self.rtol, self.solver_atol or self.atol
+
 
 FULL = Size(n=40, d=100, t1=100.0, num_alphas=8, max_steps=200_000, budget=30.0)
 QUICK = Size(n=20, d=40, t1=20.0, num_alphas=2, max_steps=20_000, budget=2.0)
@@ -91,9 +96,8 @@ def make_run(problem, size: Size):
     inside the compiled program (``lax.cond`` on the traced q, ε): `Rodas4` for the stiff
     smoothed sign flow (q = 1, ε > 0), Tsit5 for the rest; with ``"tsit5"`` every member uses
     Tsit5."""
-    controller = diffrax.PIDController(
-        rtol=size.solver_rtol or size.rtol, atol=size.solver_atol or size.atol
-    )
+    rtol, atol = size.diffrax_tolerances
+    controller = diffrax.PIDController(rtol=rtol, atol=atol)
 
     def run(q, eps, alpha):
         flow = mf.SteepestFlow(mf.Lp(q, eps))
@@ -303,8 +307,8 @@ def environment(size: Size, grid: Grid) -> str:
             f"grid: {grid.size} members, dims {grid.dims}; sparse_regression(key(0), "
             f"n={size.n}, d={size.d}, k=5); SignedDeepDiagonal.scaled(alpha, depth={DEPTH}); "
             f"t1={size.t1:g}; rtol={size.rtol:g}, atol={size.atol:g}; float64; "
-            f"diffrax solver: {size.solver}, rtol={size.solver_rtol or size.rtol:g}, "
-            f"atol={size.solver_atol or size.atol:g}",
+            f"diffrax solver: {size.solver}, rtol={size.diffrax_tolerances[0]:g}, "
+            f"atol={size.diffrax_tolerances[1]:g}",
             f"caps: diffrax max_steps={size.max_steps}; LSODA budget {size.budget:g} s/member",
             load(),
         ]

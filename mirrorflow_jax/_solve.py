@@ -22,7 +22,7 @@ class EventNewton(optx.Newton):
     to float precision.
 
     optimistix's Newton stops when both the update and the event function are within
-    ``atol``/``rtol``; at large times (escape times ≳ 1e7 at tolerance 1e-10) the event
+    ``atol``/``rtol``; at large times (measured: escape times ≳ 1e8 at tolerance 1e-10) the event
     function cannot get within ``atol`` of 0, because the float spacing of t times its slope
     is larger than ``atol``, and the root find would report failure although t is exact. This
     one also stops, successfully, when the last update is at most ``ulps`` float spacings of t.

@@ -329,10 +329,10 @@ def test_save_times_that_round_above_t1_do_not_stop_a_sweep_over_t1():
     t1 swept it cannot be checked before tracing; such times count as t1 (and a concrete t1
     gets the same slack), while times clearly outside still raise."""
     problem = mf.ScalarToy()
+    model = mf.DeepDiagonal.scaled(0.1, depth=2, dim=1)
 
     def member(t1):
         ts = jnp.arange(4.0) * (t1 / 3)
-        model = mf.DeepDiagonal.scaled(0.1, depth=2, dim=1)
         return mf.solve_flow(mf.SteepestFlow(mf.Lp(2.0)), model, problem, t1, saveat=ts)
 
     t1s = [2.0, 3.1, 3.9]
@@ -343,7 +343,6 @@ def test_save_times_that_round_above_t1_do_not_stop_a_sweep_over_t1():
         single = member(t1)
         np.testing.assert_allclose(ds.x.sel(t1=t1).values, single.x, rtol=1e-12)
         assert float(single.ts[-1]) == t1
-    model = mf.DeepDiagonal.scaled(0.1, depth=2, dim=1)
 
     def fixed_times(t1):  # concrete save times, traced t1: checked at run time only
         flow = mf.SteepestFlow(mf.Lp(2.0))
