@@ -153,14 +153,20 @@ class SteepestFlow(AbstractFlow):
         """F(θ) = f(x(θ)) + (β/2)‖θ‖²."""
         return loss(effective_weights(params)) + 0.5 * self.coupled_wd * _sum_squares(params)
 
+    def smoothing_scales(self, params: Params) -> Params:
+        """The smoothing scale of each parameter entry, a PyTree like ``params`` whose leaves
+        broadcast against its leaves: ε for the naive placement, ε·|∂x/∂w_i| for the
+        structured one. An entry is in the smoothing layer where |∂F/∂w_i| is below about
+        its scale."""
+        eps = self.geometry.eps
+        if self.smoothing_for(params) == "structured":
+            return jax.tree.map(lambda p: eps * jnp.abs(p), params.factor_jacobian())
+        return jax.tree.map(lambda _: eps, params)
+
     def __call__(self, t: ScalarLike, params: Params, loss: Loss) -> Params:
         """The velocity dθ/dt at time ``t``; a PyTree shaped like ``params``."""
         grads = jax.grad(self.objective)(params, loss)
-        eps = self.geometry.eps
-        if self.smoothing_for(params) == "structured":
-            eps = jax.tree.map(lambda p: eps * jnp.abs(p), params.factor_jacobian())
-        else:
-            eps = jax.tree.map(lambda _: eps, grads)
+        eps = self.smoothing_scales(params)
         alpha = self.decay_rate(t)
         return jax.tree.map(
             lambda g, e, p: -self.geometry.map(g, e) - alpha * p, grads, eps, params

@@ -51,6 +51,16 @@ def test_naive_velocity(q, eps):
     np.testing.assert_allclose(v.factors, -_np_phi(grad_w, q, eps), rtol=1e-11, atol=1e-15)
 
 
+def test_smoothing_scales_are_eps_times_the_factor_jacobian():
+    problem = small_regression()
+    model = mf.DeepDiagonal.random(jax.random.key(1), depth=3, dim=problem.dim, scale=0.8)
+    w = np.asarray(model.factors)
+    structured = mf.SteepestFlow(mf.Lp(1.0, 1e-3)).smoothing_scales(model)
+    np.testing.assert_allclose(structured.factors, 1e-3 * np.abs(_np_products_except(w)))
+    naive = mf.SteepestFlow(mf.Lp(1.0, 1e-3), smoothing_at="naive").smoothing_scales(model)
+    np.testing.assert_allclose(np.broadcast_to(naive.factors, w.shape), 1e-3)
+
+
 def test_coupled_decay_enters_inside_phi():
     problem = small_regression()
     model = positive_signed_model(0, 2, problem.dim)

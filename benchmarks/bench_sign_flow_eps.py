@@ -1,0 +1,207 @@
+"""How the cost of the regularized sign flow grows as ε shrinks, and where the steps go.
+
+Same problem as ``bench_sign_flow.py`` (sparse regression n=40, d=100, k=5; signed depth-3
+model, 600 states; w0 = 1e-2, t1 = 200; rtol 1e-8, atol 1e-10), q = 1, solved with
+`Rodas4` (structured Jacobian) for ε from 1e-3 down to 1e-8. One compilation per smoothing
+placement (ε is a traced leaf of the flow); compile time is reported apart.
+
+Per ε it reports the attempted, accepted and rejected steps and the number of *layer
+crossings*: the times a gradient entry r = ∂F/∂w_i / ε_i changes sign while |r| > 3 on both
+sides (hysteresis, so a coordinate resting inside the layer |r| ≲ 1 is not counted), read off
+the accepted steps. A crossing is where the ε → 0 flow's velocity jumps; the regularized
+flow turns it over a time ≈ ε/|dg/dt|, and an error-controlled method has to shrink its step
+to that scale and grow it back afterwards, so each crossing costs a number of steps that
+grows like log(1/ε). The last columns give the steps per crossing and the extra steps
+against the largest ε.
+
+``--implicit`` instead compares `Rodas4` with diffrax's fully implicit ``Kvaerno3`` and
+``Kvaerno5`` under a full Newton iteration (``optimistix.Newton``: the Jacobian re-evaluated
+at every iterate, dense) at ε = 1e-3 and 1e-6, on the ``--quick`` problem (dense Newton on
+600 states is too slow for the full one), to see whether an implicit method that
+re-linearizes inside the step makes the cost independent of ε.
+
+Usage: ``python benchmarks/bench_sign_flow_eps.py [--quick] [--smoothing sqrt|tanh]
+[--rtol R] [--implicit]`` (atol = R/100; default rtol 1e-8, ``--implicit`` 1e-4)
+"""
+
+import argparse
+import time
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optimistix as optx
+from bench_core import FULL, QUICK, environment, load, timed
+from jax.flatten_util import ravel_pytree
+
+import mirrorflow_jax as mf
+
+EPSILONS = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8)
+PLACES = ("structured", "naive")
+HYSTERESIS = 3.0
+MAX_STEPS = 60_000
+
+
+def _field(t, y, args: mf.FlowArgs):
+    return args.flow(t, y, args.loss)
+
+
+def scaled_gradient(flow: mf.SteepestFlow, params, loss) -> jax.Array:
+    """r_i = ∂F/∂w_i divided by the smoothing scale the flow applies to entry i."""
+    grads = jax.grad(flow.objective)(params, loss)
+    return ravel_pytree(jax.tree.map(jnp.divide, grads, flow.smoothing_scales(params)))[0]
+
+
+def _solve(flow, params0, loss, t1, solver, rtol, saveat):
+    return diffrax.diffeqsolve(
+        diffrax.ODETerm(_field),
+        solver,
+        0.0,
+        t1,
+        None,
+        flow.init(params0),
+        args=mf.FlowArgs(flow, loss, loss(mf.effective_weights(params0))),
+        saveat=saveat,
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=rtol / 100),
+        max_steps=MAX_STEPS,
+        throw=False,
+    )
+
+
+@eqx.filter_jit
+def solve_steps(flow, params0, loss, t1, rtol):
+    """The `Rodas4` solve with every accepted step saved, and r at each of them."""
+    solver = mf.Rodas4(structure="structured")
+    sol = _solve(flow, params0, loss, t1, solver, rtol, diffrax.SaveAt(steps=True))
+    ratio = jax.vmap(lambda y: scaled_gradient(flow, flow.params_of(y), loss))(sol.ys)
+    final = jax.tree.map(lambda leaf: leaf[sol.stats["num_accepted_steps"] - 1], sol.ys)
+    return sol.stats, sol.result, ratio, loss(mf.effective_weights(flow.params_of(final)))
+
+
+def count_crossings(ratio: np.ndarray) -> int:
+    """Sign changes of each column of ``ratio`` among its entries with |r| > HYSTERESIS."""
+    total = 0
+    for column in ratio.T:
+        signs = np.sign(column[np.abs(column) > HYSTERESIS])
+        total += int(np.count_nonzero(signs[1:] != signs[:-1]))
+    return total
+
+
+@eqx.filter_jit
+def solve_end(flow, params0, loss, t1, solver, rtol):
+    """Step statistics, result and final loss of one solve."""
+    sol = _solve(flow, params0, loss, t1, solver, rtol, diffrax.SaveAt(t1=True))
+    final = jax.tree.map(lambda leaf: leaf[-1], sol.ys)
+    return sol.stats, sol.result, loss(mf.effective_weights(flow.params_of(final)))
+
+
+def compile_aot(fn, *args):
+    """(``fn`` compiled ahead of time for ``args``, compile seconds)."""
+    return timed(lambda: fn.lower(*args).compile())
+
+
+def status(result) -> str:
+    return "" if result == diffrax.RESULTS.successful else " (max_steps)"
+
+
+def compare_implicit(problem, model, size, smoothing: str, rtol: float):
+    """`Rodas4` against fully implicit Kvaerno methods with a full Newton iteration."""
+    newton = optx.Newton(rtol=rtol / 10, atol=rtol / 1000)
+    solvers = {
+        "Rodas4 (structured)": mf.Rodas4(structure="structured"),
+        "Kvaerno3 + Newton": diffrax.Kvaerno3(root_finder=newton),
+        "Kvaerno5 + Newton": diffrax.Kvaerno5(root_finder=newton),
+    }
+    print(
+        "| placement | solver | ε | steps | rejected | steps / steps at ε=1e-3 | compile [s] "
+        "| wall [s] | final loss |\n|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        flush=True,
+    )
+    for place in PLACES:
+        for name, solver in solvers.items():
+            base = None
+            for eps in (1e-3, 1e-6):
+                flow = mf.SteepestFlow(mf.Lp(1.0, eps, smoothing), smoothing_at=place)
+                compiled, compile_s = compile_aot(
+                    solve_end, flow, model, problem, size.t1, solver, rtol
+                )
+                (stats, result, final_loss), wall = timed(
+                    compiled, flow, model, problem, size.t1, solver, rtol
+                )
+                steps = int(stats["num_steps"])
+                base = steps if base is None else base
+                print(
+                    f"| {place} | {name} | {eps:g} | {steps}{status(result)} "
+                    f"| {int(stats['num_rejected_steps'])} | {steps / base:.1f} "
+                    f"| {compile_s:.1f} | {wall:.2f} | {float(final_loss):.2g} |",
+                    flush=True,
+                )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="n=20, d=40, t1=50")
+    parser.add_argument("--smoothing", choices=("sqrt", "tanh"), default="sqrt")
+    parser.add_argument("--rtol", type=float, help="rtol of every solve (atol = rtol/100)")
+    parser.add_argument(
+        "--implicit", action="store_true", help="Rodas4 against Kvaerno3/5 + full Newton"
+    )
+    options = parser.parse_args()
+    rtol = options.rtol or (1e-4 if options.implicit else 1e-8)
+    if not 0 < rtol < 1:
+        parser.error(f"--rtol must lie in (0, 1); got {rtol:g}")
+    jax.config.update("jax_enable_x64", True)
+    size = QUICK if options.quick or options.implicit else FULL
+    problem = mf.sparse_regression(jax.random.key(0), n=size.n, d=size.d, k=5)
+    model = mf.SignedDeepDiagonal.scaled(1e-2, depth=3, dim=size.d)
+    header = environment(size).splitlines()[:4]  # date, machine, versions, devices
+    header.append(
+        f"problem: sparse_regression(key(0), n={size.n}, d={size.d}, k=5); "
+        f"SignedDeepDiagonal.scaled(1e-2, depth=3, dim={size.d}); t1={size.t1:g}; "
+        f"smoothing {options.smoothing}; rtol {rtol:g}, atol {rtol / 100:g}; float64; {load()}"
+    )
+    print("\n".join(header), end="\n\n")
+    start = time.perf_counter()
+    if options.implicit:
+        compare_implicit(problem, model, size, options.smoothing, rtol)
+        print(f"\ntotal {time.perf_counter() - start:.0f} s; {load()}")
+        return
+    print(
+        "| placement | ε | steps | accepted | rejected | crossings | steps / crossing "
+        "| extra steps / crossing | wall [s] | final loss |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        flush=True,
+    )
+    for place in PLACES:
+
+        def flow_at(eps, place=place):
+            return mf.SteepestFlow(mf.Lp(1.0, eps, options.smoothing), smoothing_at=place)
+
+        compiled, compile_s = compile_aot(
+            solve_steps, flow_at(EPSILONS[0]), model, problem, size.t1, rtol
+        )
+        base_steps = None
+        for eps in EPSILONS:
+            (stats, result, ratio, final_loss), wall = timed(
+                compiled, flow_at(eps), model, problem, size.t1, rtol
+            )
+            accepted = int(stats["num_accepted_steps"])
+            steps = int(stats["num_steps"])
+            crossings = count_crossings(np.asarray(ratio[:accepted]))
+            base_steps = steps if base_steps is None else base_steps
+            print(
+                f"| {place} | {eps:g} | {steps}{status(result)} | {accepted} "
+                f"| {int(stats['num_rejected_steps'])} | {crossings} "
+                f"| {steps / max(crossings, 1):.1f} "
+                f"| {(steps - base_steps) / max(crossings, 1):.1f} "
+                f"| {wall:.2f} | {float(final_loss):.2g} |",
+                flush=True,
+            )
+        print(f"(compile {compile_s:.1f} s for {place})", flush=True)
+    print(f"\ntotal {time.perf_counter() - start:.0f} s; {load()}")
+
+
+if __name__ == "__main__":
+    main()
