@@ -10,9 +10,10 @@ crossings*: the times a gradient entry r = ∂F/∂w_i / ε_i changes sign while
 sides (hysteresis, so a coordinate resting inside the layer |r| ≲ 1 is not counted), read off
 the accepted steps. A crossing is where the ε → 0 flow's velocity jumps; the regularized
 flow turns it over a time ≈ ε/|dg/dt|, and an error-controlled method has to shrink its step
-to that scale and grow it back afterwards, so each crossing costs a number of steps that
-grows like log(1/ε). The last columns give the steps per crossing and the extra steps
-against the largest ε.
+to that scale and grow it back afterwards, so each crossing costs more steps the thinner
+the layer; at loose tolerances the solution can also chatter across the layer, which shows
+as crossings far outnumbering the steps. The last columns give the steps per crossing and
+the extra steps against the largest ε.
 
 ``--implicit`` instead compares `Rodas4` with diffrax's fully implicit ``Kvaerno3`` and
 ``Kvaerno5`` under a full Newton iteration (``optimistix.Newton``: the Jacobian re-evaluated
