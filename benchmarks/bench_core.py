@@ -110,8 +110,10 @@ def steady_wall(fn: Callable):
 # ----------------------------------------------------------------------------- diffrax
 
 
-def compile_solve(case, model, problem, size, solver, max_steps):
-    """AOT-compiled ``solve_flow`` for this case, and its compile time."""
+def compile_solve(case, model, problem, size, solver, max_steps, pcoeff=0.0, icoeff=1.0):
+    """AOT-compiled ``solve_flow`` for this case, and its compile time. ``pcoeff`` and
+    ``icoeff`` are the PID controller's (diffrax's defaults: an I controller)."""
+    controller = diffrax.PIDController(rtol=RTOL, atol=ATOL, pcoeff=pcoeff, icoeff=icoeff)
     solve = eqx.filter_jit(
         lambda flow, params0, loss: mf.solve_flow(
             flow,
@@ -120,7 +122,7 @@ def compile_solve(case, model, problem, size, solver, max_steps):
             size.t1,
             solver=solver,
             max_steps=max_steps,
-            stepsize_controller=diffrax.PIDController(rtol=RTOL, atol=ATOL),
+            stepsize_controller=controller,
         )
     )
     compiled, seconds = timed(lambda: solve.lower(case.flow, model, problem).compile())

@@ -1,5 +1,6 @@
-"""Benchmark the stiff regularized sign flow: `Rodas4` (structured and dense Jacobian) against
-scipy LSODA, an explicit and a stock implicit diffrax solver, on the same vector field.
+"""Benchmark the stiff regularized sign flow: `Rodas4` (structured and dense Jacobian) and
+`SignFlowKvaerno3` against scipy LSODA, an explicit and a stock implicit diffrax solver, on the
+same vector field.
 
 Problem (as in ``bench_core.py``): sparse regression n=40, d=100, k=5; signed deep diagonal
 model, depth 3 (600 states), w0 = 1e-2, t1 = 200; q = 1 with ε ∈ {1e-3, 1e-6} and both
@@ -11,13 +12,16 @@ run in the same process.
 Usage: ``python benchmarks/bench_sign_flow.py [--quick] [--budget SECONDS] [--fast] [--rtol R]``
 (``--rtol``: every method at rtol R, atol R/100)
 
-``--fast`` runs only the baseline (LSODA, finite-difference Jacobian) and `Rodas4` with the
-structured Jacobian: the pair behind the headline ratio, minutes instead of most of an hour.
+``--fast`` runs only the baseline (LSODA, finite-difference Jacobian), `SignFlowKvaerno3`
+(structure-preserving placement only: it needs it) and `Rodas4` with the structured Jacobian,
+minutes instead of most of an hour. The last lines give each method's wall-time ratio
+ε = 1e-6 : ε = 1e-3.
 """
 
 import argparse
 import time
 
+import bench_core
 import diffrax
 import numpy as np
 from bench_core import (
@@ -39,13 +43,14 @@ EPSILONS = (1e-3, 1e-6)
 PLACES = ("structured", "naive")
 
 
-def run_rodas(case, model, problem, size, structure: str) -> Row:
-    solver = mf.Rodas4(structure=structure)
-    solve, compile_s = compile_solve(case, model, problem, size, solver, size.max_steps)
+def _run(case, model, problem, size, solver, method: str, **controller) -> Row:
+    solve, compile_s = compile_solve(
+        case, model, problem, size, solver, size.max_steps, **controller
+    )
     sol, wall = steady_wall(solve)
     return Row(
         case=case.name,
-        method=f"mirrorflow Rodas4, {structure} Jacobian",
+        method=method,
         work=f"{int(sol.num_steps)} steps",
         status=diffrax_status(sol, size.max_steps),
         finished=bool(sol.ok),
@@ -56,40 +61,57 @@ def run_rodas(case, model, problem, size, structure: str) -> Row:
     )
 
 
+def run_rodas(case, model, problem, size, structure: str) -> Row:
+    solver = mf.Rodas4(structure=structure)
+    return _run(case, model, problem, size, solver, f"mirrorflow Rodas4, {structure} Jacobian")
+
+
+def run_kvaerno(case, model, problem, size) -> Row:
+    """`SignFlowKvaerno3` (Newton in the velocity) under a PI controller (pcoeff = icoeff =
+    0.3), which rejects fewer steps after a layer entry than diffrax's default I controller."""
+    solver = mf.SignFlowKvaerno3(rtol=bench_core.RTOL, atol=bench_core.ATOL)
+    method = "mirrorflow SignFlowKvaerno3 (PI controller)"
+    return _run(case, model, problem, size, solver, method, pcoeff=0.3, icoeff=0.3)
+
+
 def rows_for(case, eps, place, model, problem, size, fast: bool) -> list[Row]:
     baseline = run_scipy(case, model, problem, size, "LSODA", exact_jac=False)
+    kvaerno = [run_kvaerno(case, model, problem, size)] if place == "structured" else []
     if fast:
-        return [baseline, run_rodas(case, model, problem, size, "structured")]
+        return [baseline, *kvaerno, run_rodas(case, model, problem, size, "structured")]
     rows = [baseline, run_scipy(case, model, problem, size, "LSODA", exact_jac=True)]
     if eps == EPSILONS[0]:
         rows.append(run_diffrax(case, model, problem, size, diffrax.Tsit5()))
         if place == "structured":
             rows.append(run_diffrax(case, model, problem, size, diffrax.Kvaerno5()))
     rows.append(run_rodas(case, model, problem, size, "dense"))
-    rows.append(run_rodas(case, model, problem, size, "structured"))
-    return rows
+    return [*rows, *kvaerno, run_rodas(case, model, problem, size, "structured")]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--fast", action="store_true", help="only LSODA (FD Jacobian) and structured Rodas4"
+        "--fast",
+        action="store_true",
+        help="only LSODA (FD Jacobian), SignFlowKvaerno3 and structured Rodas4",
     )
     size, problem, model = setup(parser.description, parser)
     fast = parser.parse_args().fast
     start = time.perf_counter()
-    structured_wall = {}
+    walls = {}
     for place in PLACES:
         for eps in EPSILONS:
             flow = mf.SteepestFlow(mf.Lp(1.0, eps), smoothing_at=place)
             case = Case(f"q=1, eps={eps:g} ({place})", flow)
             rows = rows_for(case, eps, place, model, problem, size, fast)
             print("\n".join(markdown_rows(rows)), flush=True)
-            structured_wall[place, eps] = rows[-1].wall_s
+            for row in rows[1:]:
+                walls[row.method, place, eps] = row.wall_s
     print()
-    for place in PLACES:
-        ratio = structured_wall[place, EPSILONS[1]] / structured_wall[place, EPSILONS[0]]
-        print(f"Rodas4 structured, {place}: wall(eps=1e-6) / wall(eps=1e-3) = {ratio:.2f}")
+    for (method, place, eps), wall in walls.items():
+        if eps == EPSILONS[1]:
+            ratio = wall / walls[method, place, EPSILONS[0]]
+            print(f"{method}, {place}: wall(eps=1e-6) / wall(eps=1e-3) = {ratio:.2f}")
     print(f"\ntotal {time.perf_counter() - start:.0f} s; {load()}")
 
 

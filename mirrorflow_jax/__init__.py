@@ -61,6 +61,7 @@ from ._rosenbrock import (
     structured_jacobian as structured_jacobian,
 )
 from ._sensitivity import eps_sensitivity as eps_sensitivity
+from ._sign_esdirk import SignFlowKvaerno3 as SignFlowKvaerno3
 from ._solve import (
     AbstractEscape as AbstractEscape,
     EventNewton as EventNewton,

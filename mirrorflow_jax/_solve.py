@@ -14,6 +14,7 @@ from ._custom_types import Loss, Params, ScalarLike
 from ._flow import AbstractFlow, FlowArgs
 from ._geometry import Lp
 from ._models import AbstractReparam, effective_weights
+from ._sign_esdirk import SignFlowKvaerno3
 from ._validate import as_float, check_int, check_params, is_concrete
 
 
@@ -263,6 +264,8 @@ def solve_flow(
     """
     saveat = _as_saveat(saveat)
     _check_setup(flow, params0, loss, t0, t1, saveat, max_steps)
+    if isinstance(solver, SignFlowKvaerno3):
+        solver.check_setup(flow, params0, loss)
     return _solve(
         flow,
         params0,

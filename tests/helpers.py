@@ -4,6 +4,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 from scipy import integrate
 
 import mirrorflow_jax as mf
@@ -63,3 +64,22 @@ def toy_escape_time(alpha, q, depth, eps=0.0, naive=False, x_escape=0.5):
         points=None,
     )
     return value
+
+
+def radau_reference(flow, model, loss, ts):
+    """scipy Radau (rtol 1e-10, exact Jacobian) on the same field, flattened."""
+    y0, unravel = ravel_pytree(model)
+    field = jax.jit(lambda t, y: ravel_pytree(flow(t, unravel(y), loss))[0])
+    jacobian = jax.jit(jax.jacfwd(field, argnums=1))
+    result = integrate.solve_ivp(
+        lambda t, y: np.asarray(field(t, y)),
+        (0.0, float(ts[-1])),
+        np.asarray(y0),
+        method="Radau",
+        t_eval=np.asarray(ts),
+        jac=lambda t, y: np.asarray(jacobian(t, y)),
+        rtol=1e-10,
+        atol=1e-12,
+    )
+    assert result.success
+    return np.stack([np.asarray(mf.effective_weights(unravel(y))) for y in result.y.T])

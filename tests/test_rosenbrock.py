@@ -12,14 +12,12 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 import pytest
-from jax.flatten_util import ravel_pytree
-from scipy import integrate
 
 import mirrorflow_jax as mf
 from mirrorflow_jax._linear import _block_inverses, _gauss_jordan
 from mirrorflow_jax._rosenbrock import _rows, _unrows
 
-from .helpers import positive_signed_model, small_regression
+from .helpers import positive_signed_model, radau_reference, small_regression
 
 
 def _classification(loss, seed=3, n=6, d=7):
@@ -119,25 +117,6 @@ def test_block_inverses_fall_back_to_pivoting():
     assert not np.all(np.isfinite(np.asarray(_gauss_jordan(jnp.transpose(blocks, (1, 2, 0))))))
 
 
-def _radau_reference(flow, model, loss, ts):
-    """scipy Radau (rtol 1e-10, exact Jacobian) on the same field, flattened."""
-    y0, unravel = ravel_pytree(model)
-    field = jax.jit(lambda t, y: ravel_pytree(flow(t, unravel(y), loss))[0])
-    jacobian = jax.jit(jax.jacfwd(field, argnums=1))
-    result = integrate.solve_ivp(
-        lambda t, y: np.asarray(field(t, y)),
-        (0.0, float(ts[-1])),
-        np.asarray(y0),
-        method="Radau",
-        t_eval=np.asarray(ts),
-        jac=lambda t, y: np.asarray(jacobian(t, y)),
-        rtol=1e-10,
-        atol=1e-12,
-    )
-    assert result.success
-    return np.stack([np.asarray(mf.effective_weights(unravel(y))) for y in result.y.T])
-
-
 TRAJECTORY_CASES = [
     # (smoothing_at, structure, eps, decoupled schedule?, loss)
     ("structured", "structured", 1e-2, False, "squares"),
@@ -176,7 +155,7 @@ def test_rodas4_matches_radau_reference(case):
         max_steps=20_000,
     )
     assert bool(sol.ok)
-    reference = _radau_reference(flow, model, loss, ts)
+    reference = radau_reference(flow, model, loss, ts)
     scale = np.maximum(np.abs(reference), 1.0)
     assert np.max(np.abs(np.asarray(sol.x) - reference) / scale) <= 1e-6
 

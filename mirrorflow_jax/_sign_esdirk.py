@@ -1,0 +1,254 @@
+"""An implicit Runge–Kutta solver for the regularized sign flow whose Newton iteration runs in
+the velocity, so that its cost hardly grows as ε shrinks.
+
+With the structure-preserving smoothing at q = 1, every factor of coordinate j moves with one
+scalar velocity: dw_i/dt = −sign(P_i)·u_j − α(t)·w_i with u = φ^ε(g), g = ∇f(x). A stage of
+an implicit method therefore has d unknowns u ∈ (−1, 1)^d, not the R·d factor entries, and its
+equation φ^ε(g(x(Z(u)))) = u has a Jacobian diag + rank r (r = rank of ∇²f) that one r×r
+Cholesky factor solves. A Rosenbrock method linearizes once per step at the step's start,
+where an entry about to enter the |g| ≲ ε layer still looks non-stiff, and steps through the
+layer; here the Newton iteration re-linearizes at every iterate, in the unknowns (u, g) where
+both sides of the layer are well scaled, so the step only has to resolve the trajectory's
+kink, not the layer (benchmarks/README.md measures both).
+"""
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+import numpy as np
+
+from ._flow import FlowArgs, SteepestFlow
+from ._models import AbstractReparam
+from ._rosenbrock import _rows, _unrows
+from ._validate import check_int, check_range, is_concrete
+
+_TABLEAU = diffrax.Kvaerno3.tableau
+_STAGES = len(_TABLEAU.c) + 1
+_GAMMA = float(_TABLEAU.a_diagonal[1])
+# Row i: the coefficients of stages 0..i−1 in stage i's base point; the diagonal is _GAMMA.
+_A_LOWER = np.zeros((_STAGES, _STAGES))
+for _i, _row in enumerate(_TABLEAU.a_lower):
+    _A_LOWER[_i + 1, : len(_row)] = _row
+_C = np.concatenate([[0.0], _TABLEAU.c])
+_B_ERROR = np.asarray(_TABLEAU.b_error)
+
+
+def _check_setup(args, y0) -> None:
+    """ValueError (with the fix) when the solve is not one `SignFlowKvaerno3` can take; the
+    values q, ε, β are checked where they are concrete (`solve_flow` checks them before it
+    compiles)."""
+    if not (isinstance(args, FlowArgs) and isinstance(args.flow, SteepestFlow)):
+        raise ValueError(
+            "`SignFlowKvaerno3` solves a SteepestFlow through `solve_flow` (args must be "
+            "FlowArgs); use `Rodas4` for other flows."
+        )
+    if not isinstance(y0, AbstractReparam) or args.flow.smoothing_for(y0) != "structured":
+        raise ValueError(
+            "`SignFlowKvaerno3` needs a separable toolkit model (AbstractReparam) and the "
+            "structure-preserving smoothing (smoothing_at='auto' or 'structured'); use "
+            "`Rodas4` for the naive smoothing or other parameters."
+        )
+    if not hasattr(args.loss, "hessian_factor"):
+        raise ValueError(
+            "`SignFlowKvaerno3` needs a loss with `hessian_factor(x)` (LeastSquares, "
+            "LinearClassification, ScalarToy); use `Rodas4(structure='dense')` otherwise."
+        )
+    geometry = args.flow.geometry
+    for name, value, ok, valid in (
+        ("geometry.q", geometry.q, lambda v: np.all(v == 1.0), "exactly 1"),
+        ("geometry.eps", geometry.eps, lambda v: np.all(v > 0.0), "> 0"),
+        ("coupled_wd", args.flow.coupled_wd, lambda v: np.all(v == 0.0), "0"),
+    ):
+        if is_concrete(value) and not ok(np.asarray(value)):
+            raise ValueError(
+                f"`SignFlowKvaerno3` needs {name} {valid} (the sign flow with decoupled decay "
+                f"only); got {np.asarray(value)}. Use `Rodas4` for other flows."
+            )
+
+
+def _checked(rows, flow: SteepestFlow):
+    """``rows``, with a run-time error if a swept (traced) q, ε or β is out of range."""
+    geometry = flow.geometry
+    invalid = (geometry.q != 1) | ~(geometry.eps > 0) | (flow.coupled_wd != 0)
+    return eqx.error_if(rows, invalid, "SignFlowKvaerno3 needs q = 1, eps > 0 and coupled_wd = 0")
+
+
+class _Stage(eqx.Module):
+    """Stage i's equation Z = s·(B − a·σ·u), u = φ^ε(∇f(x(Z))), with s = 1/(1 + a·α)."""
+
+    base: jax.Array  # B, (R, d)
+    sign: jax.Array  # σ = sign(∂x/∂w) at B, (R, d)
+    step: jax.Array  # a = γh
+    shrink: jax.Array  # s
+
+    def point(self, u):
+        return self.shrink * (self.base - self.step * self.sign * u)
+
+
+class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
+    r"""Kvaerno's ESDIRK method of order 3 (embedded order 2, L-stable, stiffly accurate) for
+    the regularized sign flow, with each stage's equation solved by Newton's method in the
+    velocity. Pass it as ``solver=`` to `solve_flow` (or `sweep` functions).
+
+    For q = 1 and the structure-preserving smoothing, dw_i/dt = −sign(P_i)·u_j − α(t)·w_i with
+    u = φ^ε(g), g = ∇f(x), P_i = ∂x_j/∂w_i: one velocity per coordinate. A stage Z = s(B − aσu)
+    (a = γh, s = 1/(1 + aα)) solves
+
+        u = φ^ε(g(x(Z(u))))
+
+    for u ∈ (−1, 1)^d by Newton's method on the pair (u, g̃) with g̃ → g: the linear system
+    is (I + C Cᵀ diag(saκφ'(g̃))) Δg̃ = rhs with κ_j = Σ_i |P_ij| and ∇²f = C Cᵀ, one r×r
+    Cholesky factor per iterate (Woodbury). An entry whose g̃ jumps across the layer
+    |g̃| ≲ ε in one iterate is restarted at its centre (g̃ = u = 0): the solution lies between
+    the two sides. The iteration stops when every entry's change moves Z by at most
+    ``newton_tol`` of the tolerance ``atol + rtol·|Z|``; if it has not after ``max_newton``
+    iterates, or a factor would change sign within the stage, the step is rejected.
+
+    Needs a `SteepestFlow` with geometry ``Lp(1, eps)``, ε > 0, no coupled weight decay
+    (decoupled decay, constant or scheduled, is fine), a separable toolkit model and a loss
+    with ``hessian_factor``, inside `solve_flow`; anything else raises a ValueError that names
+    `Rodas4` as the alternative.
+
+    **Fields:** ``rtol``, ``atol`` the tolerances the Newton test is relative to (match the
+    step-size controller's; defaults are `solve_flow`'s); ``newton_tol`` in (0, 1];
+    ``max_newton`` ≥ 1 iterates per stage.
+
+    **Example:**
+
+    ```python
+    import jax
+    import mirrorflow_jax as mf
+
+    jax.config.update("jax_enable_x64", True)
+    problem = mf.sparse_regression(jax.random.key(0), n=10, d=20, k=3)
+    model = mf.SignedDeepDiagonal.scaled(1e-2, depth=3, dim=20)
+    flow = mf.SteepestFlow(mf.Lp(1.0, eps=1e-6))
+    sol = mf.solve_flow(flow, model, problem, t1=20.0, solver=mf.SignFlowKvaerno3())
+    assert float(sol.loss[-1]) < 1e-12
+    ```
+    """
+
+    rtol: float = eqx.field(static=True, default=1e-8)
+    atol: float = eqx.field(static=True, default=1e-10)
+    newton_tol: float = eqx.field(static=True, default=0.1)
+    max_newton: int = eqx.field(static=True, default=8)
+
+    term_structure = diffrax.AbstractTerm
+    interpolation_cls = diffrax.ThirdOrderHermitePolynomialInterpolation
+
+    def __check_init__(self):
+        check_range("rtol", self.rtol, 0.0)
+        check_range("atol", self.atol, 0.0)
+        check_range("newton_tol", self.newton_tol, 0.0, 1.0, lo_open=True)
+        check_int("max_newton", self.max_newton, 1)
+
+    def check_setup(self, flow, params, loss) -> None:
+        """Raise ValueError unless ``flow``, ``params`` and ``loss`` are a solve this solver
+        can take (see the class docstring); `solve_flow` calls it before compiling."""
+        _check_setup(FlowArgs(flow, loss, jnp.zeros(())), params)
+
+    def order(self, terms):
+        return 3
+
+    def error_order(self, terms):
+        return 2
+
+    def init(self, terms, t0, t1, y0, args):
+        return None
+
+    def func(self, terms, t0, y0, args):
+        return terms.vf(t0, y0, args)
+
+    def _newton(self, stage: _Stage, like, args, u0, g0):
+        """Solve stage's equation from (u0, g̃0); returns u, g̃ and whether it converged."""
+        loss, geometry = args.loss, args.flow.geometry
+        dim = u0.shape[0]
+        eps = geometry.eps
+
+        def iterate(carry):
+            u, g_guess, count, _ = carry
+            z = stage.point(u)
+            model = _unrows(z, like)
+            x = model()
+            g = jax.grad(loss)(x)
+            kappa = jnp.maximum(jnp.sum(stage.sign * _rows(model.factor_jacobian(), dim), 0), 0)
+            factor = loss.hessian_factor(x)
+            phi, dphi = jax.jvp(geometry.map, (g_guess,), (jnp.ones_like(g_guess),))
+            slope = stage.shrink * stage.step * kappa  # −∂x_j/∂u_j
+            r_g, r_u = g - g_guess, phi - u
+            rhs = r_g - factor @ (factor.T @ (slope * r_u))
+            weight = slope * dphi
+            capacitance = jnp.eye(factor.shape[1], dtype=u.dtype) + factor.T @ (
+                weight[:, None] * factor
+            )
+            operator = lx.MatrixLinearOperator(capacitance, lx.positive_semidefinite_tag)
+            inner = lx.linear_solve(operator, factor.T @ (weight * rhs), lx.Cholesky()).value
+            dg = rhs - factor @ inner
+            g_new = g_guess + dg
+            u_new = u + r_u + dphi * dg
+            u_new = jnp.where(jnp.abs(u_new) < 1, u_new, geometry.map(g_new))
+            across = (g_guess * g_new < 0) & (jnp.abs(g_guess) > eps) & (jnp.abs(g_new) > eps)
+            u_new = jnp.where(across, 0.0, u_new)
+            g_new = jnp.where(across, 0.0, g_new)
+            scale = self.atol + self.rtol * jnp.max(jnp.abs(z), axis=0)
+            change = jnp.max(slope * jnp.abs(u_new - u) / scale)
+            return u_new, g_new, count + 1, change
+
+        def unfinished(carry):
+            _, _, count, change = carry
+            return (count < self.max_newton) & ~(change <= self.newton_tol)
+
+        inf = jnp.asarray(jnp.inf, u0.dtype)
+        u, g, _, change = jax.lax.while_loop(unfinished, iterate, (u0, g0, 0, inf))
+        return u, g, change <= self.newton_tol
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        del solver_state, made_jump
+        _check_setup(args, y0)
+        flow, loss = args.flow, args.loss
+        h = t1 - t0
+        dim = y0().shape[0]
+        w0 = _checked(_rows(y0, dim), flow)
+        dtype = w0.dtype
+        a_lower, times, b_error = (jnp.asarray(m, dtype) for m in (_A_LOWER, _C, _B_ERROR))
+        step = jnp.asarray(_GAMMA, dtype) * h
+
+        def velocity(t, z, u):
+            return -jnp.sign(_rows(_unrows(z, y0).factor_jacobian(), dim)) * u - (
+                flow.decay_rate(t) * z
+            )
+
+        g0 = jax.grad(loss)(y0())
+        fields = jnp.zeros((_STAGES, *w0.shape), dtype)
+        fields = fields.at[0].set(_rows(flow(t0, y0, loss), dim))
+
+        def stage(i, carry):
+            fields, _, u, g, ok = carry
+            base = w0 + h * jnp.tensordot(a_lower[i], fields, 1)
+            sign = jnp.sign(_rows(_unrows(base, y0).factor_jacobian(), dim))
+            t = t0 + times[i] * h
+            shrink = 1 / (1 + step * flow.decay_rate(t))
+            equation = _Stage(base, sign, step, shrink)
+            u, g, converged = self._newton(equation, y0, args, u, g)
+            z = equation.point(u)
+            same_sign = jnp.all(jnp.sign(_rows(_unrows(z, y0).factor_jacobian(), dim)) == sign)
+            fields = fields.at[i].set(velocity(t, z, u))
+            return fields, z, u, g, ok & converged & same_sign
+
+        u0 = flow.geometry.map(g0)
+        fields, w1, _, _, ok = jax.lax.fori_loop(
+            1, _STAGES, stage, (fields, w0, u0, g0, jnp.asarray(True))
+        )
+        error = h * jnp.tensordot(b_error, fields, 1)
+        failed = ~ok | ~jnp.all(jnp.isfinite(w1))
+        y1 = _unrows(jnp.where(failed, w0, w1), y0)
+        y_error = _unrows(jnp.where(failed, jnp.inf, error), y0)
+        dense_info = dict(
+            y0=y0,
+            y1=y1,
+            k0=_unrows(h * fields[0], y0),
+            k1=_unrows(h * fields[-1], y0),
+        )
+        return y1, y_error, dense_info, None, diffrax.RESULTS.successful
