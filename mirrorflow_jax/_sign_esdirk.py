@@ -106,6 +106,9 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
     ``newton_tol`` of the tolerance ``atol + rtol·|Z|``; if it has not after ``max_newton``
     iterates, or a factor would change sign within the stage, the step is rejected.
 
+    Works under ``jit``, ``vmap`` and forward- and reverse-mode differentiation (the stage
+    roots are differentiated by the implicit function theorem, ``jax.lax.custom_root``).
+
     Needs a `SteepestFlow` with geometry ``Lp(1, eps)``, ε > 0, no coupled weight decay
     (decoupled decay, constant or scheduled, is fine), a separable toolkit model and a loss
     with ``hessian_factor``, inside `solve_flow`; anything else raises a ValueError that names
@@ -200,9 +203,23 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             _, _, count, change = carry
             return (count < self.max_newton) & ~(change <= self.newton_tol)
 
-        inf = jnp.asarray(jnp.inf, u0.dtype)
-        u, g, _, change = jax.lax.while_loop(unfinished, iterate, (u0, g0, 0, inf))
-        return u, g, change <= self.newton_tol
+        def solve(_, guess):
+            inf = jnp.asarray(jnp.inf, guess.dtype)
+            u, g, _, change = jax.lax.while_loop(unfinished, iterate, (guess, g0, 0, inf))
+            return u, (g, jnp.where(change <= self.newton_tol, 1.0, 0.0).astype(guess.dtype))
+
+        def residual(u):
+            return u - geometry.map(jax.grad(loss)(_unrows(stage.point(u), like)()))
+
+        def tangent_solve(linear, rhs):
+            structure = jax.eval_shape(lambda: rhs)
+            operator = lx.FunctionLinearOperator(linear, structure)
+            return lx.linear_solve(operator, rhs, lx.LU()).value
+
+        # Derivatives of the root by the implicit function theorem, not through the iterates
+        # (reverse mode cannot pass a while loop).
+        u, (g, converged) = jax.lax.custom_root(residual, u0, solve, tangent_solve, has_aux=True)
+        return u, g, converged > 0.5
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del solver_state, made_jump
