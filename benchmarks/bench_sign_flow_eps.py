@@ -2,7 +2,7 @@
 
 Same problem as ``bench_sign_flow.py`` (sparse regression n=40, d=100, k=5; signed depth-3
 model, 600 states; w0 = 1e-2, t1 = 200; rtol 1e-8, atol 1e-10), q = 1, solved with
-`Rodas4` (structured Jacobian) for ε from 1e-3 down to 1e-8. One compilation per smoothing
+`Rodas4` (structured Jacobian) for ε from 1e-3 down to 1e-10. One compilation per smoothing
 placement (ε is a traced leaf of the flow); compile time is reported apart.
 
 Per ε it reports the attempted, accepted and rejected steps and the number of *layer
@@ -21,8 +21,12 @@ at every iterate, dense) at ε = 1e-3 and 1e-6, on the ``--quick`` problem (dens
 600 states is too slow for the full one), to see whether an implicit method that
 re-linearizes inside the step makes the cost independent of ε.
 
+``--solver kvaerno3`` runs the ε sweep with `SignFlowKvaerno3` (Newton in the velocity; the
+structure-preserving placement only, under a PI controller) instead of `Rodas4`.
+
 Usage: ``python benchmarks/bench_sign_flow_eps.py [--quick] [--smoothing sqrt|tanh]
-[--rtol R] [--implicit]`` (atol = R/100; default rtol 1e-8, ``--implicit`` 1e-4)
+[--rtol R] [--implicit] [--solver rodas4|kvaerno3]`` (atol = R/100; default rtol 1e-8,
+``--implicit`` 1e-4)
 """
 
 import argparse
@@ -39,7 +43,11 @@ from jax.flatten_util import ravel_pytree
 
 import mirrorflow_jax as mf
 
-EPSILONS = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8)
+EPSILONS = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-10)
+SOLVERS = {
+    "rodas4": mf.Rodas4(structure="structured"),
+    "kvaerno3": mf.SignFlowKvaerno3(),  # tolerances set from --rtol in main
+}
 PLACES = ("structured", "naive")
 HYSTERESIS = 3.0
 MAX_STEPS = 60_000
@@ -55,6 +63,15 @@ def scaled_gradient(flow: mf.SteepestFlow, params, loss) -> jax.Array:
     return ravel_pytree(jax.tree.map(jnp.divide, grads, flow.smoothing_scales(params)))[0]
 
 
+def _controller(solver, rtol):
+    """diffrax's default I controller; a PI controller (pcoeff = icoeff = 0.3) for
+    `SignFlowKvaerno3`, which rejects fewer steps after layer entries with it."""
+    pi = isinstance(solver, mf.SignFlowKvaerno3)
+    return diffrax.PIDController(
+        rtol=rtol, atol=rtol / 100, pcoeff=0.3 if pi else 0.0, icoeff=0.3 if pi else 1.0
+    )
+
+
 def _solve(flow, params0, loss, t1, solver, rtol, saveat):
     return diffrax.diffeqsolve(
         diffrax.ODETerm(_field),
@@ -65,16 +82,15 @@ def _solve(flow, params0, loss, t1, solver, rtol, saveat):
         flow.init(params0),
         args=mf.FlowArgs(flow, loss, loss(mf.effective_weights(params0))),
         saveat=saveat,
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=rtol / 100),
+        stepsize_controller=_controller(solver, rtol),
         max_steps=MAX_STEPS,
         throw=False,
     )
 
 
 @eqx.filter_jit
-def solve_steps(flow, params0, loss, t1, rtol):
-    """The `Rodas4` solve with every accepted step saved, and r at each of them."""
-    solver = mf.Rodas4(structure="structured")
+def solve_steps(flow, params0, loss, t1, solver, rtol):
+    """The solve with every accepted step saved, and r at each of them."""
     sol = _solve(flow, params0, loss, t1, solver, rtol, diffrax.SaveAt(steps=True))
     ratio = jax.vmap(lambda y: scaled_gradient(flow, flow.params_of(y), loss))(sol.ys)
     final = jax.tree.map(lambda leaf: leaf[sol.stats["num_accepted_steps"] - 1], sol.ys)
@@ -149,6 +165,12 @@ def main():
     parser.add_argument(
         "--implicit", action="store_true", help="Rodas4 against Kvaerno3/5 + full Newton"
     )
+    parser.add_argument(
+        "--solver",
+        choices=tuple(SOLVERS),
+        default="rodas4",
+        help="the ε sweep's solver (kvaerno3: SignFlowKvaerno3, structured placement only)",
+    )
     options = parser.parse_args()
     rtol = options.rtol or (1e-4 if options.implicit else 1e-8)
     if not 0 < rtol < 1:
@@ -175,18 +197,21 @@ def main():
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         flush=True,
     )
-    for place in PLACES:
+    solver = SOLVERS[options.solver]
+    if isinstance(solver, mf.SignFlowKvaerno3):
+        solver = mf.SignFlowKvaerno3(rtol=rtol, atol=rtol / 100)
+    for place in PLACES if options.solver == "rodas4" else ("structured",):
 
         def flow_at(eps, place=place):
             return mf.SteepestFlow(mf.Lp(1.0, eps, options.smoothing), smoothing_at=place)
 
         compiled, compile_s = compile_aot(
-            solve_steps, flow_at(EPSILONS[0]), model, problem, size.t1, rtol
+            solve_steps, flow_at(EPSILONS[0]), model, problem, size.t1, solver, rtol
         )
         base_steps = None
         for eps in EPSILONS:
             (stats, result, ratio, final_loss), wall = timed(
-                compiled, flow_at(eps), model, problem, size.t1, rtol
+                compiled, flow_at(eps), model, problem, size.t1, solver, rtol
             )
             accepted = int(stats["num_accepted_steps"])
             steps = int(stats["num_steps"])
