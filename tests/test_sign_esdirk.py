@@ -140,6 +140,22 @@ def test_reverse_mode_gradient_matches_finite_differences():
     np.testing.assert_allclose(gradient, finite_difference, rtol=1e-6)
 
 
+def test_eps_sensitivity_down_to_1e_minus_8():
+    """Through `eps_sensitivity` (ε traced, one compiled map): every ε down to 1e-8 finishes
+    and the endpoints approach the smallest-ε one as ε shrinks (the structure-preserving
+    flow converges as ε → 0)."""
+    loss = small_regression(seed=0, n=10, d=20, k=3)
+    model = mf.SignedDeepDiagonal.scaled(1e-2, depth=3, dim=20)
+    eps = jnp.array([1e-2, 1e-4, 1e-6, 1e-8])
+    result = mf.eps_sensitivity(
+        mf.SteepestFlow(mf.Lp(1.0, 1e-3)), model, loss, 20.0, eps, solver=mf.SignFlowKvaerno3()
+    )
+    assert bool(result.ok.all())
+    assert float(result.loss_final.max()) < 1e-20
+    distance = np.asarray(result.distance_to_smallest_eps)
+    assert np.all(np.diff(distance) < 0)
+
+
 def test_bad_setup_names_the_problem():
     loss = small_regression(n=4, d=5)
     model = positive_signed_model(1, 2, 5)
