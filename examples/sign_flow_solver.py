@@ -1,4 +1,5 @@
-"""Choosing a solver for the smoothed sign flow: explicit Tsit5 vs the Rosenbrock Rodas4."""
+"""Choosing a solver for the smoothed sign flow: explicit Tsit5, the Rosenbrock Rodas4 and
+SignFlowKvaerno3 (implicit stages solved by Newton's method in the velocity)."""
 
 import diffrax
 import jax
@@ -13,7 +14,15 @@ flow = mf.SteepestFlow(mf.Lp(q=1.0, eps=1e-4))  # sign flow, structure-preservin
 controller = diffrax.PIDController(rtol=1e-8, atol=1e-10)
 
 # Near the minimum the regularized sign flow is stiff: explicit steps shrink like ε.
-for name, solver in [("Tsit5", diffrax.Tsit5()), ("Rodas4", mf.Rodas4())]:
+solvers = [
+    ("Tsit5", diffrax.Tsit5()),
+    ("Rodas4", mf.Rodas4()),
+    (
+        "SignFlowKvaerno3",
+        mf.SignFlowKvaerno3(rtol=1e-8, atol=1e-10),
+    ),  # the controller's tolerances
+]
+for name, solver in solvers:
     sol = mf.solve_flow(
         flow, model, problem, 50.0, solver=solver, stepsize_controller=controller, max_steps=5_000
     )

@@ -23,7 +23,13 @@ EXPECTED = {
     "sweep_devices.py": ["4 devices", "all ok: True"],
     "resume_sweep.py": ["chunks: 4, read back: 2", "same result: True"],
     "compare_optax.py": ["sgd:", "sign descent:", "adam:", "flow q = 1.0"],
-    "sign_flow_solver.py": ["Tsit5:", "Rodas4:", "steps, ok, at t = 50", "eps = 1e-04"],
+    "sign_flow_solver.py": [
+        "Tsit5:",
+        "Rodas4:",
+        "SignFlowKvaerno3:",
+        "steps, ok, at t = 50",
+        "eps = 1e-04",
+    ],
 }
 IGNORED_ARGUMENTS = {"self", "args", "kwargs"}
 # What every docstring example may assume; it imports anything else it needs itself.
