@@ -44,10 +44,6 @@ from jax.flatten_util import ravel_pytree
 import mirrorflow_jax as mf
 
 EPSILONS = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-10)
-SOLVERS = {
-    "rodas4": mf.Rodas4(structure="structured"),
-    "kvaerno3": mf.SignFlowKvaerno3(),  # tolerances set from --rtol in main
-}
 PLACES = ("structured", "naive")
 HYSTERESIS = 3.0
 MAX_STEPS = 60_000
@@ -167,7 +163,7 @@ def main():
     )
     parser.add_argument(
         "--solver",
-        choices=tuple(SOLVERS),
+        choices=("rodas4", "kvaerno3"),
         default="rodas4",
         help="the ε sweep's solver (kvaerno3: SignFlowKvaerno3, structured placement only)",
     )
@@ -197,10 +193,11 @@ def main():
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         flush=True,
     )
-    solver = SOLVERS[options.solver]
-    if isinstance(solver, mf.SignFlowKvaerno3):
-        solver = mf.SignFlowKvaerno3(rtol=rtol, atol=rtol / 100)
-    for place in PLACES if options.solver == "rodas4" else ("structured",):
+    if options.solver == "rodas4":
+        solver, places = mf.Rodas4(structure="structured"), PLACES
+    else:
+        solver, places = mf.SignFlowKvaerno3(rtol=rtol, atol=rtol / 100), ("structured",)
+    for place in places:
 
         def flow_at(eps, place=place):
             return mf.SteepestFlow(mf.Lp(1.0, eps, options.smoothing), smoothing_at=place)

@@ -35,31 +35,31 @@ _C = np.concatenate([[0.0], _TABLEAU.c])
 _B_ERROR = np.asarray(_TABLEAU.b_error)
 
 
-def _check_setup(args, y0) -> None:
+def _check_setup(flow, params, loss) -> None:
     """ValueError (with the fix) when the solve is not one `SignFlowKvaerno3` can take; the
     values q, ε, β are checked where they are concrete (`solve_flow` checks them before it
     compiles)."""
-    if not (isinstance(args, FlowArgs) and isinstance(args.flow, SteepestFlow)):
+    if not isinstance(flow, SteepestFlow):
         raise ValueError(
             "`SignFlowKvaerno3` solves a SteepestFlow through `solve_flow` (args must be "
             "FlowArgs); use `Rodas4` for other flows."
         )
-    if not isinstance(y0, AbstractReparam) or args.flow.smoothing_for(y0) != "structured":
+    if not isinstance(params, AbstractReparam) or flow.smoothing_for(params) != "structured":
         raise ValueError(
             "`SignFlowKvaerno3` needs a separable toolkit model (AbstractReparam) and the "
             "structure-preserving smoothing (smoothing_at='auto' or 'structured'); use "
             "`Rodas4` for the naive smoothing or other parameters."
         )
-    if not hasattr(args.loss, "hessian_factor"):
+    if not hasattr(loss, "hessian_factor"):
         raise ValueError(
             "`SignFlowKvaerno3` needs a loss with `hessian_factor(x)` (LeastSquares, "
             "LinearClassification, ScalarToy); use `Rodas4(structure='dense')` otherwise."
         )
-    geometry = args.flow.geometry
+    geometry = flow.geometry
     for name, value, ok, valid in (
         ("geometry.q", geometry.q, lambda v: np.all(v == 1.0), "exactly 1"),
         ("geometry.eps", geometry.eps, lambda v: np.all(v > 0.0), "> 0"),
-        ("coupled_wd", args.flow.coupled_wd, lambda v: np.all(v == 0.0), "0"),
+        ("coupled_wd", flow.coupled_wd, lambda v: np.all(v == 0.0), "0"),
     ):
         if is_concrete(value) and not ok(np.asarray(value)):
             raise ValueError(
@@ -68,11 +68,11 @@ def _check_setup(args, y0) -> None:
             )
 
 
-def _checked(rows, flow: SteepestFlow):
-    """``rows``, with a run-time error if a swept (traced) q, ε or β is out of range."""
+def _checked(state, flow: SteepestFlow):
+    """``state``, with a run-time error if a swept (traced) q, ε or β is out of range."""
     geometry = flow.geometry
     invalid = (geometry.q != 1) | ~(geometry.eps > 0) | (flow.coupled_wd != 0)
-    return eqx.error_if(rows, invalid, "SignFlowKvaerno3 needs q = 1, eps > 0 and coupled_wd = 0")
+    return eqx.error_if(state, invalid, "SignFlowKvaerno3 needs q = 1, eps > 0 and coupled_wd = 0")
 
 
 class _Stage(eqx.Module):
@@ -155,7 +155,7 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
     def check_setup(self, flow, params, loss) -> None:
         """Raise ValueError unless ``flow``, ``params`` and ``loss`` are a solve this solver
         can take (see the class docstring); `solve_flow` calls it before compiling."""
-        _check_setup(FlowArgs(flow, loss, jnp.zeros(())), params)
+        _check_setup(flow, params, loss)
 
     def order(self, terms):
         return 3
@@ -164,8 +164,13 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
         return 2
 
     def init(self, terms, t0, t1, y0, args):
-        _check_setup(args, y0)
-        return self._first_stage(t0, y0, args)
+        if not isinstance(args, FlowArgs):
+            raise ValueError(
+                "`SignFlowKvaerno3` solves a SteepestFlow through `solve_flow` (args must be "
+                "FlowArgs); use `Rodas4` for other flows."
+            )
+        _check_setup(args.flow, y0, args.loss)
+        return _checked(self._first_stage(t0, y0, args), args.flow)
 
     def _first_stage(self, t0, y0, args):
         """(velocity rows, u, g) at (t0, y0), evaluated afresh."""
@@ -243,19 +248,13 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
         return u, g, converged > 0.5
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        _check_setup(args, y0)
         flow = args.flow
         h = t1 - t0
         dim = y0().shape[0]
-        w0 = _checked(_rows(y0, dim), flow)
+        w0 = _rows(y0, dim)
         dtype = w0.dtype
         a_lower, times, b_error = (jnp.asarray(m, dtype) for m in (_A_LOWER, _C, _B_ERROR))
         step = jnp.asarray(_GAMMA, dtype) * h
-
-        def velocity(t, z, u):
-            return -jnp.sign(_rows(_unrows(z, y0).factor_jacobian(), dim)) * u - (
-                flow.decay_rate(t) * z
-            )
 
         # First same as last: the explicit stage reuses the previous step's last stage, whose
         # u solved the implicit equation; a fresh φ^ε(∇f) at y0 would carry the tolerance-level
@@ -274,8 +273,10 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             equation = _Stage(base, sign, step, shrink)
             u, g, converged = self._newton(equation, y0, args, u, g)
             z = equation.point(u)
+            # The stage's velocity with the signs at its base point: they are the signs at z
+            # too, or the step is rejected.
             same_sign = jnp.all(jnp.sign(_rows(_unrows(z, y0).factor_jacobian(), dim)) == sign)
-            fields = fields.at[i].set(velocity(t, z, u))
+            fields = fields.at[i].set(-sign * u - flow.decay_rate(t) * z)
             return fields, z, u, g, ok & converged & same_sign
 
         fields, w1, u1, g1, ok = jax.lax.fori_loop(
