@@ -102,9 +102,11 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
     is (I + C Cᵀ diag(saκφ'(g̃))) Δg̃ = rhs with κ_j = Σ_i |P_ij| and ∇²f = C Cᵀ, one r×r
     Cholesky factor per iterate (Woodbury). An entry whose g̃ jumps across the layer
     |g̃| ≲ ε in one iterate is restarted at its centre (g̃ = u = 0): the solution lies between
-    the two sides. The iteration stops when the estimated remaining change of every entry
-    (the last change, times θ/(1 − θ) once a contraction rate θ < 1 is observed) moves Z by
-    at most ``newton_tol`` of the tolerance ``atol + rtol·|Z|``; if it has not after
+    the two sides; an entry the iterate drives past u = ±1 restarts at its current gradient
+    when that lies farther out on the side it leaves to. The iteration stops when the
+    estimated remaining change of every entry (the last change, times θ/(1 − θ) once a
+    contraction rate θ < 1 is observed) moves Z by at most ``newton_tol`` of the tolerance
+    ``atol + rtol·|Z|``; if it has not after
     ``max_newton`` iterates, or a factor would change sign within the stage, the step is
     rejected. The explicit first stage reuses the previous step's last stage (first same as
     last): its u solved the implicit equation, while φ^ε(∇f) evaluated afresh would turn the
@@ -181,8 +183,9 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
 
-    def _newton(self, stage: _Stage, like, args, u0, g0):
-        """Solve stage's equation from (u0, g̃0); returns u, g̃ and whether it converged."""
+    def _newton(self, stage: _Stage, like, args, u0, g0, active):
+        """Solve stage's equation from (u0, g̃0); returns u, g̃ and whether it converged.
+        Does not iterate unless ``active`` (an earlier stage of the step failed)."""
         loss, geometry = args.loss, args.flow.geometry
         dim = u0.shape[0]
         eps = geometry.eps
@@ -208,6 +211,12 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             dg = rhs - factor @ inner
             g_new = g_guess + dg
             u_new = u + r_u + dphi * dg
+            # An entry the linear model drives past ±1 is leaving the layer, where φ^ε's
+            # linearization at g̃ holds g̃ back (each iterate would only move it a few ε
+            # outwards); its gradient at the current point is the better restart when it lies
+            # farther out on the side the entry leaves to.
+            leaving = (jnp.abs(u_new) >= 1) & (g * u_new > 0) & (jnp.abs(g) > jnp.abs(g_new))
+            g_new = jnp.where(leaving, g, g_new)
             u_new = jnp.where(jnp.abs(u_new) < 1, u_new, geometry.map(g_new))
             across = (g_guess * g_new < 0) & (jnp.abs(g_guess) > eps) & (jnp.abs(g_new) > eps)
             u_new = jnp.where(across, 0.0, u_new)
@@ -224,7 +233,7 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
 
         def unfinished(carry):
             _, _, count, _, remaining = carry
-            return (count < self.max_newton) & ~(remaining <= self.newton_tol)
+            return active & (count < self.max_newton) & ~(remaining <= self.newton_tol)
 
         def solve(_, guess):
             inf = jnp.asarray(jnp.inf, guess.dtype)
@@ -271,7 +280,7 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             t = t0 + times[i] * h
             shrink = 1 / (1 + step * flow.decay_rate(t))
             equation = _Stage(base, sign, step, shrink)
-            u, g, converged = self._newton(equation, y0, args, u, g)
+            u, g, converged = self._newton(equation, y0, args, u, g, ok)
             z = equation.point(u)
             # The stage's velocity with the signs at its base point: they are the signs at z
             # too, or the step is rejected.
