@@ -102,16 +102,15 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
     is (I + C Cᵀ diag(saκφ'(g̃))) Δg̃ = rhs with κ_j = Σ_i |P_ij| and ∇²f = C Cᵀ, one r×r
     Cholesky factor per iterate (Woodbury). An entry whose g̃ jumps across the layer
     |g̃| ≲ ε in one iterate is restarted at its centre (g̃ = u = 0): the solution lies between
-    the two sides; an entry the iterate drives past u = ±1 restarts at its current gradient
-    when that lies farther out on the side it leaves to. The iteration stops when the
-    estimated remaining change of every entry (the last change, times θ/(1 − θ) once a
-    contraction rate θ < 1 is observed) moves Z by at most ``newton_tol`` of the tolerance
-    ``atol + rtol·|Z|``; if it has not after
-    ``max_newton`` iterates, or a factor would change sign within the stage, the step is
-    rejected. The explicit first stage reuses the previous step's last stage (first same as
-    last): its u solved the implicit equation, while φ^ε(∇f) evaluated afresh would turn the
-    tolerance-level error of the state in g into O(1) errors of u for entries in the layer
-    once ε is below about ‖∇²f‖·atol.
+    the two sides; an entry outside |g̃| ≤ ε that the iterate drives past u = ±1 restarts at
+    its current gradient when that lies farther out on the side it leaves to. The iteration
+    stops when the estimated remaining change of every entry (the last change, times
+    θ/(1 − θ) once a contraction rate θ < 1 is observed) moves Z by at most ``newton_tol`` of
+    the tolerance ``atol + rtol·|Z|``; if it has not after ``max_newton`` iterates, or a
+    factor would change sign within the stage, the step is rejected. The explicit first stage
+    reuses the previous step's last stage (first same as last): its u solved the implicit
+    equation, while φ^ε(∇f) evaluated afresh would turn the tolerance-level error of the state
+    in g into O(1) errors of u for entries in the layer once ε is below about ‖∇²f‖·atol.
 
     Works under ``jit``, ``vmap`` and forward- and reverse-mode differentiation (the stage
     roots are differentiated by the implicit function theorem, ``jax.lax.custom_root``).
@@ -214,8 +213,11 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             # An entry the linear model drives past ±1 is leaving the layer, where φ^ε's
             # linearization at g̃ holds g̃ back (each iterate would only move it a few ε
             # outwards); its gradient at the current point is the better restart when it lies
-            # farther out on the side the entry leaves to.
+            # farther out on the side the entry leaves to. Only once |g̃| > ε: inside that
+            # band g is known only to about ‖∇²f‖·atol, and at small ε (1e-10, rtol 1e-4) the
+            # restart sent entries resting in the layer out of it (12× the crossings).
             leaving = (jnp.abs(u_new) >= 1) & (g * u_new > 0) & (jnp.abs(g) > jnp.abs(g_new))
+            leaving = leaving & (jnp.abs(g_guess) > eps)
             g_new = jnp.where(leaving, g, g_new)
             u_new = jnp.where(jnp.abs(u_new) < 1, u_new, geometry.map(g_new))
             across = (g_guess * g_new < 0) & (jnp.abs(g_guess) > eps) & (jnp.abs(g_new) > eps)
