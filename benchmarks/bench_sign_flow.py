@@ -13,7 +13,7 @@ Usage: ``python benchmarks/bench_sign_flow.py [--quick] [--budget SECONDS] [--fa
 (``--rtol``: every method at rtol R, atol R/100)
 
 ``--fast`` runs only the baseline (LSODA, finite-difference Jacobian), `SignFlowKvaerno3`
-(structure-preserving placement only: it needs it) and `Rodas4` with the structured Jacobian,
+and `Rodas4` with the structured Jacobian,
 minutes instead of most of an hour. The last lines give each method's wall-time ratio
 ε = 1e-6 : ε = 1e-3.
 """
@@ -76,7 +76,7 @@ def run_kvaerno(case, model, problem, size) -> Row:
 
 def rows_for(case, eps, place, model, problem, size, fast: bool) -> list[Row]:
     baseline = run_scipy(case, model, problem, size, "LSODA", exact_jac=False)
-    kvaerno = [run_kvaerno(case, model, problem, size)] if place == "structured" else []
+    kvaerno = [run_kvaerno(case, model, problem, size)]
     if fast:
         return [baseline, *kvaerno, run_rodas(case, model, problem, size, "structured")]
     rows = [baseline, run_scipy(case, model, problem, size, "LSODA", exact_jac=True)]

@@ -21,8 +21,9 @@ at every iterate, dense) at ε = 1e-3 and 1e-6, on the ``--quick`` problem (dens
 600 states is too slow for the full one), to see whether an implicit method that
 re-linearizes inside the step makes the cost independent of ε.
 
-``--solver kvaerno3`` runs the ε sweep with `SignFlowKvaerno3` (Newton in the velocity; the
-structure-preserving placement only, under a PI controller) instead of `Rodas4`.
+``--solver kvaerno3`` runs the ε sweep with `SignFlowKvaerno3` (Newton in the velocity, per
+coordinate for the structure-preserving placement and per factor entry for the naive one,
+under a PI controller) instead of `Rodas4`.
 
 Usage: ``python benchmarks/bench_sign_flow_eps.py [--quick] [--smoothing sqrt|tanh]
 [--rtol R] [--implicit] [--solver rodas4|kvaerno3]`` (atol = R/100; default rtol 1e-8,
@@ -165,7 +166,7 @@ def main():
         "--solver",
         choices=("rodas4", "kvaerno3"),
         default="rodas4",
-        help="the ε sweep's solver (kvaerno3: SignFlowKvaerno3, structured placement only)",
+        help="the ε sweep's solver (kvaerno3: SignFlowKvaerno3)",
     )
     options = parser.parse_args()
     rtol = options.rtol or (1e-4 if options.implicit else 1e-8)
@@ -196,7 +197,7 @@ def main():
     if options.solver == "rodas4":
         solver, places = mf.Rodas4(structure="structured"), PLACES
     else:
-        solver, places = mf.SignFlowKvaerno3(rtol=rtol, atol=rtol / 100), ("structured",)
+        solver, places = mf.SignFlowKvaerno3(rtol=rtol, atol=rtol / 100), PLACES
     for place in places:
 
         def flow_at(eps, place=place):

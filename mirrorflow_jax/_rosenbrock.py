@@ -134,17 +134,24 @@ def supports_structured(args, y) -> bool:
 def _velocity_and_jacobian(flow: SteepestFlow, model: AbstractReparam, loss, t):
     """The velocity in the (R, d) row layout and its `structured_jacobian`, from one
     linearization of the flow (the velocity is the linearization's primal output)."""
+    return linearized_rows(lambda m, f: flow(t, m, f), model, loss)
+
+
+def linearized_rows(fn, model: AbstractReparam, loss):
+    """``fn(model, loss)`` (a PyTree like ``model``, separable in the coordinate given the
+    loss gradient g) in the (R, d) row layout, and its Jacobian in the factors as a
+    `BlockLowRankOperator`, from one linearization in (w, g) with R + 1 tangents."""
     x = model()
     dim = x.shape[0]
     w = _rows(model, dim)
     g = jax.grad(loss)(x)
 
-    def velocity(w_rows, g_):
-        return _rows(flow(t, _unrows(w_rows, model), _Linear(g_)), dim)
+    def rows_of(w_rows, g_):
+        return _rows(fn(_unrows(w_rows, model), _Linear(g_)), dim)
 
-    value, linear = jax.linearize(velocity, w, g)
+    value, linear = jax.linearize(rows_of, w, g)
     # R + 1 tangents in one batch: (e_s ⊗ 1, 0) gives column s of every block at once (the
-    # model is separable), (0, 1) gives ∂v/∂g_j entry by entry.
+    # model is separable), (0, 1) gives ∂fn/∂g_j entry by entry.
     rows = w.shape[0]
     w_tangents = jnp.concatenate(
         [jnp.eye(rows, dtype=w.dtype)[:, :, None] * jnp.ones_like(x), jnp.zeros_like(w)[None]]

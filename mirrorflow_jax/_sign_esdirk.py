@@ -20,8 +20,9 @@ import lineax as lx
 import numpy as np
 
 from ._flow import FlowArgs, SteepestFlow
+from ._linear import BlockLowRankOperator, WoodburySolver
 from ._models import AbstractReparam
-from ._rosenbrock import _rows, _unrows
+from ._rosenbrock import _rows, _unrows, linearized_rows
 from ._validate import check_int, check_range, is_concrete
 
 _TABLEAU = diffrax.Kvaerno3.tableau
@@ -44,11 +45,11 @@ def _check_setup(flow, params, loss) -> None:
             "`SignFlowKvaerno3` solves a SteepestFlow through `solve_flow` (args must be "
             "FlowArgs); use `Rodas4` for other flows."
         )
-    if not isinstance(params, AbstractReparam) or flow.smoothing_for(params) != "structured":
+    if not isinstance(params, AbstractReparam):
         raise ValueError(
-            "`SignFlowKvaerno3` needs a separable toolkit model (AbstractReparam) and the "
-            "structure-preserving smoothing (smoothing_at='auto' or 'structured'); use "
-            "`Rodas4` for the naive smoothing or other parameters."
+            "`SignFlowKvaerno3` needs a separable toolkit model (AbstractReparam such as "
+            f"SignedDeepDiagonal); got params of type {type(params).__name__}. Use `Rodas4` "
+            "for other parameters."
         )
     if not hasattr(loss, "hessian_factor"):
         raise ValueError(
@@ -56,30 +57,63 @@ def _check_setup(flow, params, loss) -> None:
             "LinearClassification, ScalarToy); use `Rodas4(structure='dense')` otherwise."
         )
     geometry = flow.geometry
-    for name, value, ok, valid in (
-        ("geometry.q", geometry.q, lambda v: np.all(v == 1.0), "exactly 1"),
-        ("geometry.eps", geometry.eps, lambda v: np.all(v > 0.0), "> 0"),
-        ("coupled_wd", flow.coupled_wd, lambda v: np.all(v == 0.0), "0"),
-    ):
+    checks = [
+        ("geometry.q", geometry.q, lambda v: np.all(v == 1.0), "exactly 1", ""),
+        ("geometry.eps", geometry.eps, lambda v: np.all(v > 0.0), "> 0", ""),
+    ]
+    if not _per_entry(flow, params):
+        checks.append(
+            (
+                "coupled_wd",
+                flow.coupled_wd,
+                lambda v: np.all(v == 0.0),
+                "0",
+                " with the structure-preserving smoothing (the naive one, smoothing_at="
+                "'naive', takes coupled decay)",
+            )
+        )
+    for name, value, ok, valid, where in checks:
         if is_concrete(value) and not ok(np.asarray(value)):
             raise ValueError(
-                f"`SignFlowKvaerno3` needs {name} {valid} (the sign flow with decoupled decay "
-                f"only); got {np.asarray(value)}. Use `Rodas4` for other flows."
+                f"`SignFlowKvaerno3` needs {name} {valid}{where}; got {np.asarray(value)}. "
+                "Use `Rodas4` for other flows."
             )
 
 
-def _checked(state, flow: SteepestFlow):
+def _per_entry(flow: SteepestFlow, params) -> bool:
+    """Whether the stages' unknowns are one velocity per factor entry (the naive smoothing,
+    any decay) rather than one per coordinate (the structure-preserving one)."""
+    return flow.smoothing_for(params) == "naive"
+
+
+def _gradient(flow: SteepestFlow, model: AbstractReparam, loss):
+    """The smoothed map's argument: ∇f(x) per coordinate (structure-preserving smoothing), or
+    ∇_w F in the (R, d) row layout (naive)."""
+    if _per_entry(flow, model):
+        return _rows(jax.grad(flow.objective)(model, loss), model().shape[0])
+    return jax.grad(loss)(model())
+
+
+def _checked(state, flow: SteepestFlow, per_entry: bool):
     """``state``, with a run-time error if a swept (traced) q, ε or β is out of range."""
     geometry = flow.geometry
-    invalid = (geometry.q != 1) | ~(geometry.eps > 0) | (flow.coupled_wd != 0)
-    return eqx.error_if(state, invalid, "SignFlowKvaerno3 needs q = 1, eps > 0 and coupled_wd = 0")
+    invalid = (geometry.q != 1) | ~(geometry.eps > 0)
+    if not per_entry:
+        invalid = invalid | (flow.coupled_wd != 0)
+    return eqx.error_if(
+        state,
+        invalid,
+        "SignFlowKvaerno3 needs q = 1, eps > 0, and coupled_wd = 0 with the structure-"
+        "preserving smoothing",
+    )
 
 
 class _Stage(eqx.Module):
-    """Stage i's equation Z = s·(B − a·σ·u), u = φ^ε(∇f(x(Z))), with s = 1/(1 + a·α)."""
+    """Stage i's equation Z = s·(B − a·σ·u), u = φ^ε(∇f(x(Z))), with s = 1/(1 + a·α); per
+    entry (naive smoothing) σ = 1 and u = φ^ε(∇_w F(Z)) has one entry per factor entry."""
 
     base: jax.Array  # B, (R, d)
-    sign: jax.Array  # σ = sign(∂x/∂w) at B, (R, d)
+    sign: jax.Array  # σ = sign(∂x/∂w) at B, (R, d); ones per entry
     step: jax.Array  # a = γh
     shrink: jax.Array  # s
 
@@ -171,26 +205,30 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
                 "FlowArgs); use `Rodas4` for other flows."
             )
         _check_setup(args.flow, y0, args.loss)
-        return _checked(self._first_stage(t0, y0, args), args.flow)
+        per_entry = _per_entry(args.flow, y0)
+        return _checked(self._first_stage(t0, y0, args), args.flow, per_entry)
 
     def _first_stage(self, t0, y0, args):
         """(velocity rows, u, g) at (t0, y0), evaluated afresh."""
         flow, loss = args.flow, args.loss
-        g0 = jax.grad(loss)(y0())
-        return _rows(flow(t0, y0, loss), g0.shape[0]), flow.geometry.map(g0), g0
+        dim = y0().shape[0]
+        g0 = _gradient(flow, y0, loss)
+        return _rows(flow(t0, y0, loss), dim), flow.geometry.map(g0), g0
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
 
-    def _newton(self, stage: _Stage, like, args, u0, g0, active):
+    def _newton(self, stage: _Stage, like, args, u0, g0, active, jacobian=None):
         """Solve stage's equation from (u0, g̃0); returns u, g̃ and whether it converged.
-        Does not iterate unless ``active`` (an earlier stage of the step failed)."""
-        loss, geometry = args.loss, args.flow.geometry
-        dim = u0.shape[0]
+        Does not iterate unless ``active`` (an earlier stage of the step failed). With
+        ``jacobian`` (∂(∇_w F)/∂w at the step's start, a `BlockLowRankOperator`) the unknowns
+        are one velocity per factor entry (naive smoothing), else one per coordinate."""
+        flow, loss = args.flow, args.loss
+        geometry = flow.geometry
+        dim = like().shape[0]
         eps = geometry.eps
 
-        def iterate(carry):
-            u, g_guess, count, before, _ = carry
+        def per_coordinate(u, g_guess):
             z = stage.point(u)
             model = _unrows(z, like)
             x = model()
@@ -207,7 +245,33 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             )
             operator = lx.MatrixLinearOperator(capacitance, lx.positive_semidefinite_tag)
             inner = lx.linear_solve(operator, factor.T @ (weight * rhs), lx.Cholesky()).value
-            dg = rhs - factor @ inner
+            scale = self.atol + self.rtol * jnp.max(jnp.abs(z), axis=0)
+            return g, r_u, dphi, rhs - factor @ inner, slope / scale
+
+        def per_entry(u, g_guess):
+            # (I + s·a·J D) Δg̃ = r_g − s·a·J r_u with J = ∂(∇_w F)/∂w (from the step's start:
+            # it changes by O(h) over the step, φ^ε' by O(1)) and D = diag(φ^ε'(g̃)).
+            z = stage.point(u)
+            g = _rows(jax.grad(flow.objective)(_unrows(z, like), loss), dim)
+            phi, dphi = jax.jvp(geometry.map, (g_guess,), (jnp.ones_like(g_guess),))
+            slope = stage.shrink * stage.step
+            r_g, r_u = g - g_guess, phi - u
+            scaled = BlockLowRankOperator(
+                jacobian.blocks * dphi.T[:, None, :],
+                jacobian.left,
+                jacobian.right * dphi,
+                jacobian.factor,
+            )
+            solver = WoodburySolver()
+            state = solver.init(scaled.shifted(-slope), {})
+            dg = solver.compute(state, r_g - slope * jacobian.mv(r_u), {})[0]
+            return g, r_u, dphi, dg, slope / (self.atol + self.rtol * jnp.abs(z))
+
+        linear_step = per_coordinate if jacobian is None else per_entry
+
+        def iterate(carry):
+            u, g_guess, count, before, _ = carry
+            g, r_u, dphi, dg, weight = linear_step(u, g_guess)
             g_new = g_guess + dg
             u_new = u + r_u + dphi * dg
             # An entry the linear model drives past ±1 is leaving the layer, where φ^ε's
@@ -223,8 +287,7 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             across = (g_guess * g_new < 0) & (jnp.abs(g_guess) > eps) & (jnp.abs(g_new) > eps)
             u_new = jnp.where(across, 0.0, u_new)
             g_new = jnp.where(across, 0.0, g_new)
-            scale = self.atol + self.rtol * jnp.max(jnp.abs(z), axis=0)
-            change = jnp.max(slope * jnp.abs(u_new - u) / scale)
+            change = jnp.max(weight * jnp.abs(u_new - u))
             # Remaining error of a contracting iteration: θ/(1 − θ) times the last change,
             # θ the observed contraction (Hairer & Wanner, §IV.8); the change itself until
             # two changes are known.
@@ -246,7 +309,10 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             return u, (g, converged.astype(guess.dtype))
 
         def residual(u):
-            return u - geometry.map(jax.grad(loss)(_unrows(stage.point(u), like)()))
+            model = _unrows(stage.point(u), like)
+            if jacobian is None:
+                return u - geometry.map(jax.grad(loss)(model()))
+            return u - geometry.map(_rows(jax.grad(flow.objective)(model, loss), dim))
 
         def tangent_solve(linear, rhs):
             structure = jax.eval_shape(lambda: rhs)
@@ -274,19 +340,33 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             made_jump, lambda: self._first_stage(t0, y0, args), lambda: solver_state
         )
         fields = jnp.zeros((_STAGES, *w0.shape), dtype).at[0].set(field0)
+        per_entry = _per_entry(flow, y0)
+        if per_entry:
+            jacobian = linearized_rows(lambda m, f: jax.grad(flow.objective)(m, f), y0, args.loss)[
+                1
+            ]
+        else:
+            jacobian = None
 
         def stage(i, carry):
             fields, _, u, g, ok = carry
             base = w0 + h * jnp.tensordot(a_lower[i], fields, 1)
-            sign = jnp.sign(_rows(_unrows(base, y0).factor_jacobian(), dim))
+            if per_entry:
+                sign = jnp.ones_like(base)
+            else:
+                sign = jnp.sign(_rows(_unrows(base, y0).factor_jacobian(), dim))
             t = t0 + times[i] * h
             shrink = 1 / (1 + step * flow.decay_rate(t))
             equation = _Stage(base, sign, step, shrink)
-            u, g, converged = self._newton(equation, y0, args, u, g, ok)
+            u, g, converged = self._newton(equation, y0, args, u, g, ok, jacobian)
             z = equation.point(u)
-            # The stage's velocity with the signs at its base point: they are the signs at z
-            # too, or the step is rejected.
-            same_sign = jnp.all(jnp.sign(_rows(_unrows(z, y0).factor_jacobian(), dim)) == sign)
+            if per_entry:
+                same_sign = True
+            else:
+                # The stage's velocity with the signs at its base point: they are the signs
+                # at z too, or the step is rejected.
+                signs_z = jnp.sign(_rows(_unrows(z, y0).factor_jacobian(), dim))
+                same_sign = jnp.all(signs_z == sign)
             fields = fields.at[i].set(-sign * u - flow.decay_rate(t) * z)
             return fields, z, u, g, ok & converged & same_sign
 
