@@ -10,6 +10,10 @@ where an entry about to enter the |g| ≲ ε layer still looks non-stiff, and st
 layer; here the Newton iteration re-linearizes at every iterate, in the unknowns (u, g) where
 both sides of the layer are well scaled, so the step only has to resolve the trajectory's
 kink, not the layer (benchmarks/README.md measures both).
+
+With the naive smoothing (and with coupled weight decay) every factor entry has its own
+velocity u_i = φ^ε(∂F/∂w_i); the same iteration then runs on R·d unknowns, with the Hessian
+of F in the factors (block diagonal plus rank r, `BlockLowRankOperator`) and a Woodbury solve.
 """
 
 import diffrax
@@ -134,25 +138,32 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
 
     for u ∈ (−1, 1)^d by Newton's method on the pair (u, g̃) with g̃ → g: the linear system
     is (I + C Cᵀ diag(saκφ'(g̃))) Δg̃ = rhs with κ_j = Σ_i |P_ij| and ∇²f = C Cᵀ, one r×r
-    Cholesky factor per iterate (Woodbury). An entry whose g̃ jumps across the layer
-    |g̃| ≲ ε in one iterate is restarted at its centre (g̃ = u = 0): the solution lies between
-    the two sides; an entry outside |g̃| ≤ ε that the iterate drives past u = ±1 restarts at
-    its current gradient when that lies farther out on the side it leaves to. The iteration
-    stops when the estimated remaining change of every entry (the last change, times
-    θ/(1 − θ) once a contraction rate θ < 1 is observed) moves Z by at most ``newton_tol`` of
-    the tolerance ``atol + rtol·|Z|``; if it has not after ``max_newton`` iterates, or a
-    factor would change sign within the stage, the step is rejected. The explicit first stage
-    reuses the previous step's last stage (first same as last): its u solved the implicit
-    equation, while φ^ε(∇f) evaluated afresh would turn the tolerance-level error of the state
-    in g into O(1) errors of u for entries in the layer once ε is below about ‖∇²f‖·atol.
+    Cholesky factor per iterate (Woodbury). With the naive smoothing (any decay) the velocity
+    is per factor entry, dw/dt = −u − α(t)·w with u = φ^ε(∇_w F), and the stage is solved for
+    u ∈ (−1, 1)^(R×d) the same way, the linear system being (I + sa·∇²_w F·diag(φ'(g̃))) Δg̃
+    = rhs, ∇²_w F block diagonal plus rank r (taken at the step's start), solved by Woodbury
+    with d small block inverses and one r×r inverse per iterate.
+
+    An entry whose g̃ jumps across the layer |g̃| ≲ ε in one iterate is restarted at its
+    centre (g̃ = u = 0): the solution lies between the two sides; an entry outside |g̃| ≤ ε
+    that the iterate drives past u = ±1 restarts at its current gradient when that lies
+    farther out on the side it leaves to. The iteration stops when the estimated remaining
+    change of every entry (the last change, times θ/(1 − θ) once a contraction rate θ < 1 is
+    observed) moves Z by at most ``newton_tol`` of the tolerance ``atol + rtol·|Z|``; if it
+    has not after ``max_newton`` iterates, or (per coordinate) a factor would change sign
+    within the stage, the step is rejected. The explicit first stage reuses the previous
+    step's last stage (first same as last): its u solved the implicit equation, while φ^ε(∇f)
+    evaluated afresh would turn the tolerance-level error of the state in g into O(1) errors
+    of u for entries in the layer once ε is below about ‖∇²f‖·atol.
 
     Works under ``jit``, ``vmap`` and forward- and reverse-mode differentiation (the stage
     roots are differentiated by the implicit function theorem, ``jax.lax.custom_root``).
 
-    Needs a `SteepestFlow` with geometry ``Lp(1, eps)``, ε > 0, no coupled weight decay
-    (decoupled decay, constant or scheduled, is fine), a separable toolkit model and a loss
-    with ``hessian_factor``, inside `solve_flow`; anything else raises a ValueError that names
-    `Rodas4` as the alternative.
+    Needs a `SteepestFlow` with geometry ``Lp(1, eps)``, ε > 0, a separable toolkit model and
+    a loss with ``hessian_factor``, inside `solve_flow`; decoupled decay (constant or
+    scheduled) with either smoothing, coupled decay with the naive one only (with the
+    structure-preserving one its per-entry scale ε|P_i| moves with w). Anything else raises a
+    ValueError that names `Rodas4` as the alternative.
 
     **Fields:** ``rtol``, ``atol`` the tolerances the Newton test is relative to (match the
     step-size controller's; defaults are `solve_flow`'s); ``newton_tol`` in (0, 1];
