@@ -215,6 +215,20 @@ class WoodburySolver(lx.AbstractLinearSolver):
         return True
 
 
+def woodbury_solve(operator: BlockLowRankOperator, vector: Array) -> Array:
+    """M⁻¹ b for one right-hand side: the `WoodburySolver` identity with the r×r capacitance
+    system solved once (pivoted LU) instead of inverted, for callers that factor M anew for
+    every solve (`SignFlowKvaerno3`'s per-entry Newton iterates)."""
+    inverses = _block_inverses(operator.blocks)
+    z = _block_apply(inverses, operator.left)
+    sigma = jnp.sum(operator.right * z, axis=0)
+    factor = operator.factor
+    capacitance = jnp.eye(factor.shape[1], dtype=z.dtype) + factor.T @ (sigma[:, None] * factor)
+    y = _block_apply(inverses, vector)
+    coefficients = jnp.linalg.solve(capacitance, jnp.sum(operator.right * y, axis=0) @ factor)
+    return y - z * (factor @ coefficients)[None, :]
+
+
 def relative_residual(operator: lx.AbstractLinearOperator, solution, vector) -> Array:
     """‖M z − b‖ / ‖b‖ (∞-norms; 0 when b = 0)."""
     residual = jnp.max(jnp.abs(operator.mv(solution) - vector))

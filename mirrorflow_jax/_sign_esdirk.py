@@ -24,7 +24,7 @@ import lineax as lx
 import numpy as np
 
 from ._flow import FlowArgs, SteepestFlow
-from ._linear import BlockLowRankOperator, WoodburySolver
+from ._linear import BlockLowRankOperator, woodbury_solve
 from ._models import AbstractReparam
 from ._rosenbrock import _rows, _unrows, linearized_rows
 from ._validate import check_int, check_range, is_concrete
@@ -273,9 +273,7 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
                 jacobian.right * dphi,
                 jacobian.factor,
             )
-            solver = WoodburySolver()
-            state = solver.init(scaled.shifted(-slope), {})
-            dg = solver.compute(state, r_g - slope * jacobian.mv(r_u), {})[0]
+            dg = woodbury_solve(scaled.shifted(-slope), r_g - slope * jacobian.mv(r_u))
             return g, r_u, dphi, dg, slope / (self.atol + self.rtol * jnp.abs(z))
 
         linear_step = per_coordinate if jacobian is None else per_entry

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import mirrorflow_jax as mf
-from mirrorflow_jax._linear import _block_inverses, _gauss_jordan
+from mirrorflow_jax._linear import _block_inverses, _gauss_jordan, woodbury_solve
 from mirrorflow_jax._rosenbrock import _rows, _unrows
 
 from .helpers import positive_signed_model, radau_reference, small_regression
@@ -93,6 +93,9 @@ def test_woodbury_solve_equals_dense_solve(scale):
     dense = np.linalg.solve(np.asarray(operator.as_matrix()), np.asarray(b).reshape(-1))
     np.testing.assert_allclose(np.asarray(solution).reshape(-1), dense, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(operator.mv(solution), b, rtol=1e-9, atol=1e-11)
+    # The one-shot variant (capacitance solved, not inverted) gives the same solution.
+    once = woodbury_solve(operator, b)
+    np.testing.assert_allclose(np.asarray(once).reshape(-1), dense, rtol=1e-9, atol=1e-12)
     # mv and the diagonal agree with the dense matrix.
     matrix = np.asarray(operator.as_matrix())
     np.testing.assert_allclose(
