@@ -90,6 +90,11 @@ def _per_entry(flow: SteepestFlow, params) -> bool:
     return flow.smoothing_for(params) == "naive"
 
 
+def _objective_gradient(flow: SteepestFlow):
+    """(model, loss) ↦ ∇_w F, the naive smoothing's argument."""
+    return lambda model, loss: jax.grad(flow.objective)(model, loss)
+
+
 def _gradient(flow: SteepestFlow, model: AbstractReparam, loss):
     """The smoothed map's argument: ∇f(x) per coordinate (structure-preserving smoothing), or
     ∇_w F in the (R, d) row layout (naive)."""
@@ -141,8 +146,8 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
     Cholesky factor per iterate (Woodbury). With the naive smoothing (any decay) the velocity
     is per factor entry, dw/dt = −u − α(t)·w with u = φ^ε(∇_w F), and the stage is solved for
     u ∈ (−1, 1)^(R×d) the same way, the linear system being (I + sa·∇²_w F·diag(φ'(g̃))) Δg̃
-    = rhs, ∇²_w F block diagonal plus rank r (taken at the step's start), solved by Woodbury
-    with d small block inverses and one r×r inverse per iterate.
+    = rhs, ∇²_w F block diagonal plus rank r (re-linearized at every iterate), solved by
+    Woodbury with d small block inverses and one r×r solve per iterate.
 
     An entry whose g̃ jumps across the layer |g̃| ≲ ε in one iterate is restarted at its
     centre (g̃ = u = 0): the solution lies between the two sides; an entry outside |g̃| ≤ ε
@@ -229,11 +234,11 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
 
-    def _newton(self, stage: _Stage, like, args, u0, g0, active, jacobian=None):
+    def _newton(self, stage: _Stage, like, args, u0, g0, active, per_entry=False):
         """Solve stage's equation from (u0, g̃0); returns u, g̃ and whether it converged.
-        Does not iterate unless ``active`` (an earlier stage of the step failed). With
-        ``jacobian`` (∂(∇_w F)/∂w at the step's start, a `BlockLowRankOperator`) the unknowns
-        are one velocity per factor entry (naive smoothing), else one per coordinate."""
+        Does not iterate unless ``active`` (an earlier stage of the step failed). The unknowns
+        are one velocity per factor entry if ``per_entry`` (naive smoothing), else one per
+        coordinate."""
         flow, loss = args.flow, args.loss
         geometry = flow.geometry
         dim = like().shape[0]
@@ -259,11 +264,12 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             scale = self.atol + self.rtol * jnp.max(jnp.abs(z), axis=0)
             return g, r_u, dphi, rhs - factor @ inner, slope / scale
 
-        def per_entry(u, g_guess):
-            # (I + s·a·J D) Δg̃ = r_g − s·a·J r_u with J = ∂(∇_w F)/∂w (from the step's start:
-            # it changes by O(h) over the step, φ^ε' by O(1)) and D = diag(φ^ε'(g̃)).
+        def per_entry_step(u, g_guess):
+            # (I + s·a·J D) Δg̃ = r_g − s·a·J r_u with J = ∂(∇_w F)/∂w at the iterate (taken
+            # once per step instead, its O(h) error times φ^ε' ~ 1/ε failed most Newton
+            # solves at ε = 1e-10) and D = diag(φ^ε'(g̃)).
             z = stage.point(u)
-            g = _rows(jax.grad(flow.objective)(_unrows(z, like), loss), dim)
+            g, jacobian = linearized_rows(_objective_gradient(flow), _unrows(z, like), loss)
             phi, dphi = jax.jvp(geometry.map, (g_guess,), (jnp.ones_like(g_guess),))
             slope = stage.shrink * stage.step
             r_g, r_u = g - g_guess, phi - u
@@ -276,7 +282,7 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             dg = woodbury_solve(scaled.shifted(-slope), r_g - slope * jacobian.mv(r_u))
             return g, r_u, dphi, dg, slope / (self.atol + self.rtol * jnp.abs(z))
 
-        linear_step = per_coordinate if jacobian is None else per_entry
+        linear_step = per_entry_step if per_entry else per_coordinate
 
         def iterate(carry):
             u, g_guess, count, before, _ = carry
@@ -319,9 +325,9 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
 
         def residual(u):
             model = _unrows(stage.point(u), like)
-            if jacobian is None:
-                return u - geometry.map(jax.grad(loss)(model()))
-            return u - geometry.map(_rows(jax.grad(flow.objective)(model, loss), dim))
+            if per_entry:
+                return u - geometry.map(_rows(jax.grad(flow.objective)(model, loss), dim))
+            return u - geometry.map(jax.grad(loss)(model()))
 
         def tangent_solve(linear, rhs):
             structure = jax.eval_shape(lambda: rhs)
@@ -350,12 +356,6 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
         )
         fields = jnp.zeros((_STAGES, *w0.shape), dtype).at[0].set(field0)
         per_entry = _per_entry(flow, y0)
-        if per_entry:
-            jacobian = linearized_rows(lambda m, f: jax.grad(flow.objective)(m, f), y0, args.loss)[
-                1
-            ]
-        else:
-            jacobian = None
 
         def stage(i, carry):
             fields, _, u, g, ok = carry
@@ -367,7 +367,7 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             t = t0 + times[i] * h
             shrink = 1 / (1 + step * flow.decay_rate(t))
             equation = _Stage(base, sign, step, shrink)
-            u, g, converged = self._newton(equation, y0, args, u, g, ok, jacobian)
+            u, g, converged = self._newton(equation, y0, args, u, g, ok, per_entry)
             z = equation.point(u)
             if per_entry:
                 same_sign = True
