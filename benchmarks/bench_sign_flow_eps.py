@@ -195,10 +195,10 @@ def main():
         flush=True,
     )
     if options.solver == "rodas4":
-        solver, places = mf.Rodas4(structure="structured"), PLACES
+        solver = mf.Rodas4(structure="structured")
     else:
-        solver, places = mf.SignFlowKvaerno3(rtol=rtol, atol=rtol / 100), PLACES
-    for place in places:
+        solver = mf.SignFlowKvaerno3(rtol=rtol, atol=rtol / 100)
+    for place in PLACES:
 
         def flow_at(eps, place=place):
             return mf.SteepestFlow(mf.Lp(1.0, eps, options.smoothing), smoothing_at=place)

@@ -17,10 +17,8 @@ controller = diffrax.PIDController(rtol=1e-8, atol=1e-10)
 solvers = [
     ("Tsit5", diffrax.Tsit5()),
     ("Rodas4", mf.Rodas4()),
-    (
-        "SignFlowKvaerno3",
-        mf.SignFlowKvaerno3(rtol=1e-8, atol=1e-10),
-    ),  # the controller's tolerances
+    # Its Newton test uses the controller's tolerances.
+    ("SignFlowKvaerno3", mf.SignFlowKvaerno3(rtol=1e-8, atol=1e-10)),
 ]
 for name, solver in solvers:
     sol = mf.solve_flow(

@@ -155,14 +155,19 @@ def _block_inverses(blocks: Array) -> Array:
     )
 
 
-def _factor(inverses, left, right, factor) -> _WoodburyState:
-    """Woodbury state of B + diag(a) E C Cᵀ Eᵀ diag(b) from the block inverses B_j⁻¹.
+def _capacitance(inverses, left, right, factor) -> tuple[Array, Array]:
+    """B⁻¹ a and the capacitance of B + diag(a) E C Cᵀ Eᵀ diag(b) from the block inverses B_j⁻¹.
 
     With U = diag(a) E C and V = diag(b) E C, the capacitance I + Vᵀ B⁻¹ U is
     I + Cᵀ diag(σ) C, σ_j = b_jᵀ B_j⁻¹ a_j."""
     z = _block_apply(inverses, left)
     sigma = jnp.sum(right * z, axis=0)
-    capacitance = jnp.eye(factor.shape[1], dtype=z.dtype) + factor.T @ (sigma[:, None] * factor)
+    return z, jnp.eye(factor.shape[1], dtype=z.dtype) + factor.T @ (sigma[:, None] * factor)
+
+
+def _factor(inverses, left, right, factor) -> _WoodburyState:
+    """Woodbury state of B + diag(a) E C Cᵀ Eᵀ diag(b) from the block inverses B_j⁻¹."""
+    z, capacitance = _capacitance(inverses, left, right, factor)
     # An explicit r×r inverse (pivoted LU, once per factorization) turns every later solve into
     # one matrix–vector product instead of two triangular solves.
     return _WoodburyState(inverses, z, left, right, factor, jnp.linalg.inv(capacitance))
@@ -220,10 +225,8 @@ def woodbury_solve(operator: BlockLowRankOperator, vector: Array) -> Array:
     system solved once (pivoted LU) instead of inverted, for callers that factor M anew for
     every solve (`SignFlowKvaerno3`'s per-entry Newton iterates)."""
     inverses = _block_inverses(operator.blocks)
-    z = _block_apply(inverses, operator.left)
-    sigma = jnp.sum(operator.right * z, axis=0)
     factor = operator.factor
-    capacitance = jnp.eye(factor.shape[1], dtype=z.dtype) + factor.T @ (sigma[:, None] * factor)
+    z, capacitance = _capacitance(inverses, operator.left, operator.right, factor)
     y = _block_apply(inverses, vector)
     coefficients = jnp.linalg.solve(capacitance, jnp.sum(operator.right * y, axis=0) @ factor)
     return y - z * (factor @ coefficients)[None, :]

@@ -90,15 +90,10 @@ def _per_entry(flow: SteepestFlow, params) -> bool:
     return flow.smoothing_for(params) == "naive"
 
 
-def _objective_gradient(flow: SteepestFlow):
-    """(model, loss) ↦ ∇_w F, the naive smoothing's argument."""
-    return lambda model, loss: jax.grad(flow.objective)(model, loss)
-
-
-def _gradient(flow: SteepestFlow, model: AbstractReparam, loss):
+def _gradient(flow: SteepestFlow, model: AbstractReparam, loss, per_entry: bool):
     """The smoothed map's argument: ∇f(x) per coordinate (structure-preserving smoothing), or
-    ∇_w F in the (R, d) row layout (naive)."""
-    if _per_entry(flow, model):
+    ∇_w F in the (R, d) row layout (per entry, naive smoothing)."""
+    if per_entry:
         return _rows(jax.grad(flow.objective)(model, loss), model().shape[0])
     return jax.grad(loss)(model())
 
@@ -228,7 +223,7 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
         """(velocity rows, u, g) at (t0, y0), evaluated afresh."""
         flow, loss = args.flow, args.loss
         dim = y0().shape[0]
-        g0 = _gradient(flow, y0, loss)
+        g0 = _gradient(flow, y0, loss, _per_entry(flow, y0))
         return _rows(flow(t0, y0, loss), dim), flow.geometry.map(g0), g0
 
     def func(self, terms, t0, y0, args):
@@ -269,7 +264,7 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             # once per step instead, its O(h) error times φ^ε' ~ 1/ε failed most Newton
             # solves at ε = 1e-10) and D = diag(φ^ε'(g̃)).
             z = stage.point(u)
-            g, jacobian = linearized_rows(_objective_gradient(flow), _unrows(z, like), loss)
+            g, jacobian = linearized_rows(jax.grad(flow.objective), _unrows(z, like), loss)
             phi, dphi = jax.jvp(geometry.map, (g_guess,), (jnp.ones_like(g_guess),))
             slope = stage.shrink * stage.step
             r_g, r_u = g - g_guess, phi - u
@@ -324,10 +319,9 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             return u, (g, converged.astype(guess.dtype))
 
         def residual(u):
-            model = _unrows(stage.point(u), like)
-            if per_entry:
-                return u - geometry.map(_rows(jax.grad(flow.objective)(model, loss), dim))
-            return u - geometry.map(jax.grad(loss)(model()))
+            return u - geometry.map(
+                _gradient(flow, _unrows(stage.point(u), like), loss, per_entry)
+            )
 
         def tangent_solve(linear, rhs):
             structure = jax.eval_shape(lambda: rhs)
