@@ -25,9 +25,16 @@ re-linearizes inside the step makes the cost independent of ε.
 coordinate for the structure-preserving placement and per factor entry for the naive one,
 under a PI controller) instead of `Rodas4`.
 
+``--rtol-sweep`` runs `SignFlowKvaerno3` at ε = 1e-3 and 1e-6 for rtol from 1e-4 to 1e-10
+and reports, per placement and rtol, the cost ratio of the two ε (steps and wall time, the
+median of three calls under a second) next to the layer entries and exits of each trajectory
+(`mirrorflow_jax.layer_transitions` on every accepted step; hysteresis |r| < 1 inside,
+|r| > 3 outside, and exits that reach |r| > 100): whether the ratio is a property of the
+solver or of the two flows.
+
 Usage: ``python benchmarks/bench_sign_flow_eps.py [--quick] [--smoothing sqrt|tanh]
-[--rtol R] [--implicit] [--solver rodas4|kvaerno3]`` (atol = R/100; default rtol 1e-8,
-``--implicit`` 1e-4)
+[--rtol R] [--implicit] [--solver rodas4|kvaerno3] [--rtol-sweep]`` (atol = R/100; default
+rtol 1e-8, ``--implicit`` 1e-4)
 """
 
 import argparse
@@ -36,7 +43,6 @@ import time
 import diffrax
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 from bench_core import FULL, QUICK, environment, load, timed
@@ -45,6 +51,8 @@ from jax.flatten_util import ravel_pytree
 import mirrorflow_jax as mf
 
 EPSILONS = (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-10)
+SWEEP_RTOLS = (1e-4, 1e-6, 1e-8, 1e-9, 1e-10)
+SWEEP_EPSILONS = (1e-3, 1e-6)
 PLACES = ("structured", "naive")
 HYSTERESIS = 3.0
 MAX_STEPS = 60_000
@@ -55,9 +63,8 @@ def _field(t, y, args: mf.FlowArgs):
 
 
 def scaled_gradient(flow: mf.SteepestFlow, params, loss) -> jax.Array:
-    """r_i = ∂F/∂w_i divided by the smoothing scale the flow applies to entry i."""
-    grads = jax.grad(flow.objective)(params, loss)
-    return ravel_pytree(jax.tree.map(jnp.divide, grads, flow.smoothing_scales(params)))[0]
+    """r_i = ∂F/∂w_i divided by the smoothing scale the flow applies to entry i, raveled."""
+    return ravel_pytree(flow.scaled_gradient(params, loss))[0]
 
 
 def _controller(solver, rtol):
@@ -154,6 +161,72 @@ def compare_implicit(problem, model, size, smoothing: str, rtol: float):
                 )
 
 
+def steady(fn, *args):
+    """(last output, median wall time of three calls; one call if it takes a second or more)."""
+    out, wall = timed(fn, *args)
+    walls = [wall]
+    while wall < 1.0 and len(walls) < 3:
+        out, wall = timed(fn, *args)
+        walls.append(wall)
+    return out, float(np.median(walls))
+
+
+@eqx.filter_jit
+def solve_saved(flow, params0, loss, t1, solver, rtol):
+    """Every accepted step of the solve: (times, states, result)."""
+    sol = _solve(flow, params0, loss, t1, solver, rtol, diffrax.SaveAt(steps=True))
+    return sol.ts, sol.ys, sol.result
+
+
+def transitions(flow, params0, loss, t1, solver, rtol) -> tuple[int, int, int]:
+    """Layer entries, exits, and exits reaching |r| > 100, over every accepted step."""
+    ts, states, _ = solve_saved(flow, params0, loss, t1, solver, rtol)
+    near = mf.layer_transitions(flow, loss, ts, states, inside=1.0, outside=3.0)
+    far = mf.layer_transitions(flow, loss, ts, states, inside=1.0, outside=100.0)
+    return int(near.entries.sum()), int(near.exits.sum()), int(far.exits.sum())
+
+
+def rtol_sweep(problem, model, size, smoothing: str):
+    """The cost ratio ε = 1e-6 : 1e-3 across tolerances, with the layer transitions."""
+    print(
+        "| placement | rtol | steps (ε = 1e-3 / 1e-6) | rejected | steps ratio "
+        "| wall [s] | wall ratio | entries / exits (far exits) | compile [s] | final loss |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        flush=True,
+    )
+    for place in PLACES:
+        for rtol in SWEEP_RTOLS:
+            solver = mf.SignFlowKvaerno3(rtol=rtol, atol=rtol / 100)
+            runs = []
+            for eps in SWEEP_EPSILONS:
+                flow = mf.SteepestFlow(mf.Lp(1.0, eps, smoothing), smoothing_at=place)
+                if not runs:
+                    compiled, compile_s = compile_aot(
+                        solve_end, flow, model, problem, size.t1, solver, rtol
+                    )
+                (stats, result, final_loss), wall = steady(
+                    compiled, flow, model, problem, size.t1, solver, rtol
+                )
+                counts = transitions(flow, model, problem, size.t1, solver, rtol)
+                runs.append((stats, result, float(final_loss), wall, counts))
+            steps = [int(run[0]["num_steps"]) for run in runs]
+            walls = [run[3] for run in runs]
+            columns = [
+                " / ".join(f"{n}{status(run[1])}" for n, run in zip(steps, runs, strict=True)),
+                " / ".join(str(int(run[0]["num_rejected_steps"])) for run in runs),
+                f"{steps[1] / steps[0]:.2f}",
+                " / ".join(f"{wall:.3f}" for wall in walls),
+                f"{walls[1] / walls[0]:.2f}",
+                " ; ".join("{} / {} ({})".format(*run[4]) for run in runs),
+                f"{compile_s:.1f}",
+                f"{max(run[2] for run in runs):.1g}",
+            ]
+            print(
+                f"| {place} | {rtol:g} | " + " | ".join(columns) + " |",
+                flush=True,
+            )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="n=20, d=40, t1=50")
@@ -167,6 +240,11 @@ def main():
         choices=("rodas4", "kvaerno3"),
         default="rodas4",
         help="the ε sweep's solver (kvaerno3: SignFlowKvaerno3)",
+    )
+    parser.add_argument(
+        "--rtol-sweep",
+        action="store_true",
+        help="SignFlowKvaerno3 at eps 1e-3, 1e-6 for rtol 1e-4 ... 1e-10, with layer transitions",
     )
     options = parser.parse_args()
     rtol = options.rtol or (1e-4 if options.implicit else 1e-8)
@@ -184,6 +262,10 @@ def main():
     )
     print("\n".join(header), end="\n\n")
     start = time.perf_counter()
+    if options.rtol_sweep:
+        rtol_sweep(problem, model, size, options.smoothing)
+        print(f"\ntotal {time.perf_counter() - start:.0f} s; {load()}")
+        return
     if options.implicit:
         compare_implicit(problem, model, size, options.smoothing, rtol)
         print(f"\ntotal {time.perf_counter() - start:.0f} s; {load()}")

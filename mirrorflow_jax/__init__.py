@@ -60,7 +60,10 @@ from ._rosenbrock import (
     Rodas4Interpolation as Rodas4Interpolation,
     structured_jacobian as structured_jacobian,
 )
-from ._sensitivity import eps_sensitivity as eps_sensitivity
+from ._sensitivity import (
+    eps_sensitivity as eps_sensitivity,
+    layer_transitions as layer_transitions,
+)
 from ._sign_esdirk import SignFlowKvaerno3 as SignFlowKvaerno3
 from ._solve import (
     AbstractEscape as AbstractEscape,

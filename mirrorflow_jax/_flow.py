@@ -163,6 +163,14 @@ class SteepestFlow(AbstractFlow):
             return jax.tree.map(lambda p: eps * jnp.abs(p), params.factor_jacobian())
         return jax.tree.map(lambda _: eps, params)
 
+    def scaled_gradient(self, params: Params, loss: Loss) -> Params:
+        """∂F/∂w_i divided by entry i's smoothing scale (`smoothing_scales`), a PyTree like
+        ``params``: |r_i| ≲ 1 inside the smoothing layer, where φ^ε is far from ±1, and ≫ 1
+        where the entry moves at full speed. Entries with a zero scale (a factor of the
+        structure-preserving placement whose ∂x/∂w_i vanishes) give ±inf or nan."""
+        grads = jax.grad(self.objective)(params, loss)
+        return jax.tree.map(jnp.divide, grads, self.smoothing_scales(params))
+
     def __call__(self, t: ScalarLike, params: Params, loss: Loss) -> Params:
         """The velocity dθ/dt at time ``t``; a PyTree shaped like ``params``."""
         grads = jax.grad(self.objective)(params, loss)

@@ -1,14 +1,17 @@
-"""How a regularized flow's endpoint and implicit bias move with the smoothing scale ε."""
+"""How a regularized flow's endpoint and implicit bias move with the smoothing scale ε, and how
+often its parameter entries enter and leave the smoothing layer."""
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
+from jax.flatten_util import ravel_pytree
 from jaxtyping import ArrayLike
 
 from ._custom_types import Loss, Params, ScalarLike
 from ._flow import SteepestFlow
+from ._models import AbstractReparam
 from ._rosenbrock import Rodas4
 from ._solve import solve_flow
 from ._validate import as_float, check_range
@@ -70,5 +73,133 @@ def eps_sensitivity(
             "smoothing": flow.geometry.smoothing,
             "smoothing_at": flow.smoothing_for(params0),
             "t1": float(t1),
+        },
+    )
+
+
+@eqx.filter_jit
+def _scaled_gradients(flow: SteepestFlow, params: Params, loss: Loss) -> jax.Array:
+    """`SteepestFlow.scaled_gradient` at each saved state, raveled: shape (T, entries)."""
+    return jax.vmap(lambda p: ravel_pytree(flow.scaled_gradient(p, loss))[0])(params)
+
+
+def _count_transitions(ratio: np.ndarray, inside: float = 1.0, outside: float = 3.0):
+    """Entries into and exits from the layer, per column of ``ratio`` (rows in time order).
+
+    A column is *inside* once |r| < ``inside`` and *outside* once |r| > ``outside``; between
+    the two it keeps its last state (hysteresis, so noise at the layer's edge is not counted).
+    An entry is a change from outside to inside, an exit the reverse; the first state reached
+    is not a change. NaN rows leave the state as it is.
+
+    **Returns:** ``(entries, exits, first_entry, inside_at_end)``: counts per column, the row
+    index of each column's first entry (−1 if none) and whether it ends inside.
+    """
+    ratio = np.abs(np.asarray(ratio, dtype=float))
+    state = np.zeros(ratio.shape[1], dtype=np.int8)  # 0 not yet known, 1 inside, −1 outside
+    entries = np.zeros(ratio.shape[1], dtype=np.int64)
+    exits = np.zeros_like(entries)
+    first_entry = np.full(ratio.shape[1], -1, dtype=np.int64)
+    for row, values in enumerate(ratio):
+        now_inside, now_outside = values < inside, values > outside
+        entering = now_inside & (state == -1)
+        entries += entering
+        exits += now_outside & (state == 1)
+        first_entry = np.where(entering & (first_entry < 0), row, first_entry)
+        state = np.where(now_inside, 1, np.where(now_outside, -1, state)).astype(np.int8)
+    return entries, exits, first_entry, state == 1
+
+
+def layer_transitions(
+    flow: SteepestFlow,
+    loss: Loss,
+    ts: ArrayLike,
+    params: Params,
+    *,
+    inside: float = 1.0,
+    outside: float = 3.0,
+) -> xr.Dataset:
+    r"""Count how often each parameter entry of a saved trajectory enters and leaves the
+    smoothing layer of a regularized flow.
+
+    Entry i is in the layer where its scaled gradient r_i = (∂F/∂w_i)/(its smoothing scale)
+    (`SteepestFlow.scaled_gradient`) is small: there φ^ε is far from ±1 and, at q = 1, the
+    entry slides instead of moving at full speed. Each entry and exit is a velocity kink of
+    the ε → 0 flow that a solver has to resolve on a time scale ≈ ε/|dg/dt|, so these counts
+    explain how the cost of a solve grows as ε shrinks (benchmarks/README.md). Counting uses
+    hysteresis: inside once |r| < ``inside``, outside once |r| > ``outside``.
+
+    Only saved states are seen: a visit shorter than the spacing of ``ts`` is missed. Save
+    every accepted step (``saveat=diffrax.SaveAt(steps=True)`` in `solve_flow`) to see all
+    the ones the solver resolved.
+
+    **Arguments:** ``flow`` the `SteepestFlow` that was solved; ``loss`` f(x); ``ts`` save
+    times, shape (T,), non-finite ones (unused slots of a `FlowSolution`) dropped together
+    with their states; ``params`` the parameter PyTree at ``ts`` (leading axis T), e.g.
+    ``sol.ts, sol.params`` of an unbatched `FlowSolution`; ``inside`` > 0 and ``outside`` >
+    ``inside`` the thresholds on |r|.
+
+    **Returns:** an ``xarray.Dataset`` over the raveled parameter entries (dim ``entry``,
+    with the coordinate j of x each entry belongs to for toolkit models) with ``entries``,
+    ``exits``, ``first_entry_time`` (nan if never) and ``inside_at_end``.
+
+    **Example:**
+
+    ```python
+    import diffrax
+    import jax
+    import mirrorflow_jax as mf
+
+    jax.config.update("jax_enable_x64", True)
+    problem = mf.sparse_regression(jax.random.key(0), n=10, d=20, k=3)
+    model = mf.SignedDeepDiagonal.scaled(1e-2, depth=3, dim=20)
+    flow = mf.SteepestFlow(mf.Lp(1.0, eps=1e-6))
+    sol = mf.solve_flow(
+        flow, model, problem, 5.0, solver=mf.SignFlowKvaerno3(),
+        saveat=diffrax.SaveAt(steps=True), max_steps=20_000,
+    )
+    events = mf.layer_transitions(flow, problem, sol.ts, sol.params)
+    print(int(events.entries.sum()), int(events.exits.sum()))
+    ```
+    """
+    if not isinstance(flow, SteepestFlow):
+        raise ValueError(f"`flow` must be a SteepestFlow; got {type(flow).__name__}.")
+    check_range("inside", inside, 0.0, lo_open=True)
+    check_range("outside", outside, inside, lo_open=True)
+    ts = np.asarray(ts, dtype=float)
+    if ts.ndim != 1:
+        raise ValueError(
+            f"`ts` must be 1-d (one trajectory; index a batched solution first); got shape "
+            f"{ts.shape}."
+        )
+    keep = np.isfinite(ts)
+    if keep.sum() < 2:
+        raise ValueError(f"need at least 2 finite save times in `ts`; got {int(keep.sum())}.")
+    leaves = jax.tree.leaves(params)
+    if any(np.shape(leaf)[:1] != ts.shape for leaf in leaves):
+        raise ValueError(
+            f"every leaf of `params` needs leading axis {ts.size} (one state per time in `ts`)."
+        )
+    kept = jax.tree.map(lambda leaf: leaf[np.flatnonzero(keep)], params)
+    ratio = np.asarray(_scaled_gradients(flow, kept, loss))
+    entries, exits, first_entry, inside_at_end = _count_transitions(ratio, inside, outside)
+    times = ts[keep]
+    coords = {"entry": np.arange(ratio.shape[1])}
+    first = jax.tree.map(lambda leaf: leaf[0], kept)
+    if isinstance(first, AbstractReparam):
+        coords["coordinate"] = ("entry", coords["entry"] % first().shape[0])
+    return xr.Dataset(
+        {
+            "entries": ("entry", entries),
+            "exits": ("entry", exits),
+            "first_entry_time": ("entry", np.where(first_entry >= 0, times[first_entry], np.nan)),
+            "inside_at_end": ("entry", inside_at_end),
+        },
+        coords=coords,
+        attrs={
+            "inside": float(inside),
+            "outside": float(outside),
+            "eps": float(jnp.asarray(flow.geometry.eps)),
+            "smoothing_at": flow.smoothing_for(first),
+            "num_saves": int(keep.sum()),
         },
     )

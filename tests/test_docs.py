@@ -30,6 +30,7 @@ EXPECTED = {
         "steps, ok, at t = 50",
         "eps = 1e-04",
     ],
+    "layer_transitions.py": ["eps = 1e-03:", "eps = 1e-06:", "ok True", "layer entries"],
 }
 IGNORED_ARGUMENTS = {"self", "args", "kwargs"}
 # What every docstring example may assume; it imports anything else it needs itself.
