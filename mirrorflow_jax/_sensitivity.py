@@ -83,30 +83,34 @@ def _scaled_gradients(flow: SteepestFlow, params: Params, loss: Loss) -> jax.Arr
     return jax.vmap(lambda p: ravel_pytree(flow.scaled_gradient(p, loss))[0])(params)
 
 
-def _count_transitions(ratio: np.ndarray, inside: float = 1.0, outside: float = 3.0):
-    """Entries into and exits from the layer, per column of ``ratio`` (rows in time order).
+def _layer_states(ratio: np.ndarray, inside: float = 1.0, outside: float = 3.0) -> np.ndarray:
+    """Each column's layer state at each row of ``ratio`` (rows in time order): 1 inside,
+    −1 outside, 0 not yet known.
 
     A column is *inside* once |r| < ``inside`` and *outside* once |r| > ``outside``; between
-    the two it keeps its last state (hysteresis, so noise at the layer's edge is not counted).
-    An entry is a change from outside to inside, an exit the reverse; the first state reached
-    is not a change. NaN rows leave the state as it is.
+    the two it keeps its last state (hysteresis, so noise at the layer's edge does not flip
+    it). NaN entries keep the state as it is.
+    """
+    ratio = np.abs(np.asarray(ratio, dtype=float))
+    states = np.zeros(ratio.shape, dtype=np.int8)
+    state = np.zeros(ratio.shape[1], dtype=np.int8)
+    for row, values in enumerate(ratio):
+        state = np.where(values < inside, 1, np.where(values > outside, -1, state))
+        states[row] = state
+    return states
+
+
+def _count_transitions(states: np.ndarray):
+    """Entries (outside → inside) and exits (inside → outside) per column of `_layer_states`;
+    reaching a first state is not a transition.
 
     **Returns:** ``(entries, exits, first_entry, inside_at_end)``: counts per column, the row
     index of each column's first entry (−1 if none) and whether it ends inside.
     """
-    ratio = np.abs(np.asarray(ratio, dtype=float))
-    state = np.zeros(ratio.shape[1], dtype=np.int8)  # 0 not yet known, 1 inside, −1 outside
-    entries = np.zeros(ratio.shape[1], dtype=np.int64)
-    exits = np.zeros_like(entries)
-    first_entry = np.full(ratio.shape[1], -1, dtype=np.int64)
-    for row, values in enumerate(ratio):
-        now_inside, now_outside = values < inside, values > outside
-        entering = now_inside & (state == -1)
-        entries += entering
-        exits += now_outside & (state == 1)
-        first_entry = np.where(entering & (first_entry < 0), row, first_entry)
-        state = np.where(now_inside, 1, np.where(now_outside, -1, state)).astype(np.int8)
-    return entries, exits, first_entry, state == 1
+    entering = (states[1:] == 1) & (states[:-1] == -1)
+    exiting = (states[1:] == -1) & (states[:-1] == 1)
+    first_entry = np.where(entering.any(axis=0), entering.argmax(axis=0) + 1, -1)
+    return entering.sum(axis=0), exiting.sum(axis=0), first_entry, states[-1] == 1
 
 
 def layer_transitions(
@@ -117,6 +121,7 @@ def layer_transitions(
     *,
     inside: float = 1.0,
     outside: float = 3.0,
+    timeline: bool = False,
 ) -> xr.Dataset:
     r"""Count how often each parameter entry of a saved trajectory enters and leaves the
     smoothing layer of a regularized flow.
@@ -136,11 +141,15 @@ def layer_transitions(
     times, shape (T,), non-finite ones (unused slots of a `FlowSolution`) dropped together
     with their states; ``params`` the parameter PyTree at ``ts`` (leading axis T), e.g.
     ``sol.ts, sol.params`` of an unbatched `FlowSolution`; ``inside`` > 0 and ``outside`` >
-    ``inside`` the thresholds on |r|.
+    ``inside`` the thresholds on |r|; ``timeline`` whether to also return each entry's state
+    at each kept save time (T × entries booleans: leave it off for long solves of large
+    models).
 
     **Returns:** an ``xarray.Dataset`` over the raveled parameter entries (dim ``entry``,
     with the coordinate j of x each entry belongs to for toolkit models) with ``entries``,
-    ``exits``, ``first_entry_time`` (nan if never) and ``inside_at_end``.
+    ``exits``, ``first_entry_time`` (nan if never) and ``inside_at_end``; with ``timeline``
+    also ``inside`` over (``time``, ``entry``), True where the entry is in the layer (before
+    its first |r| < ``inside`` or > ``outside`` it counts as outside).
 
     **Example:**
 
@@ -181,23 +190,28 @@ def layer_transitions(
         )
     kept = jax.tree.map(lambda leaf: leaf[np.flatnonzero(keep)], params)
     ratio = np.asarray(_scaled_gradients(flow, kept, loss))
-    entries, exits, first_entry, inside_at_end = _count_transitions(ratio, inside, outside)
+    states = _layer_states(ratio, inside, outside)
+    entries, exits, first_entry, inside_at_end = _count_transitions(states)
     times = ts[keep]
     coords = {"entry": np.arange(ratio.shape[1])}
     first = jax.tree.map(lambda leaf: leaf[0], kept)
     if isinstance(first, AbstractReparam):
         coords["coordinate"] = ("entry", coords["entry"] % first().shape[0])
+    variables = {
+        "entries": ("entry", entries),
+        "exits": ("entry", exits),
+        "first_entry_time": ("entry", np.where(first_entry >= 0, times[first_entry], np.nan)),
+        "inside_at_end": ("entry", inside_at_end),
+    }
+    if timeline:
+        variables["inside"] = (("time", "entry"), states == 1)
+        coords["time"] = times
     return xr.Dataset(
-        {
-            "entries": ("entry", entries),
-            "exits": ("entry", exits),
-            "first_entry_time": ("entry", np.where(first_entry >= 0, times[first_entry], np.nan)),
-            "inside_at_end": ("entry", inside_at_end),
-        },
+        variables,
         coords=coords,
         attrs={
-            "inside": float(inside),
-            "outside": float(outside),
+            "inside_threshold": float(inside),
+            "outside_threshold": float(outside),
             "eps": float(jnp.asarray(flow.geometry.eps)),
             "smoothing_at": flow.smoothing_for(first),
             "num_saves": int(keep.sum()),

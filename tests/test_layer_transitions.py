@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import mirrorflow_jax as mf
-from mirrorflow_jax._sensitivity import _count_transitions
+from mirrorflow_jax._sensitivity import _count_transitions, _layer_states
 
 
 def test_hysteresis_counts_entries_and_exits_not_edge_noise():
@@ -28,7 +28,9 @@ def test_hysteresis_counts_entries_and_exits_not_edge_noise():
             [0.1, 2.0, 2.0],  # column 0 enters a third time
         ]
     )
-    entries, exits, first_entry, inside_at_end = _count_transitions(ratio, 1.0, 3.0)
+    states = _layer_states(ratio, 1.0, 3.0)
+    np.testing.assert_array_equal(states[:, 1], [1, 1, 1, 1, 1, 1, -1, -1])
+    entries, exits, first_entry, inside_at_end = _count_transitions(states)
     np.testing.assert_array_equal(entries, [3, 0, 0])
     np.testing.assert_array_equal(exits, [2, 1, 0])
     np.testing.assert_array_equal(first_entry, [1, -1, -1])
@@ -48,7 +50,7 @@ def test_unit_speed_sign_flow_enters_once_at_the_closed_form_time():
     ts = jnp.linspace(0.0, 1.2, 2401)
     sol = mf.solve_flow(flow, model, loss, 1.2, saveat=ts, solver=mf.SignFlowKvaerno3())
     assert bool(sol.ok)
-    events = mf.layer_transitions(flow, loss, sol.ts, sol.params)
+    events = mf.layer_transitions(flow, loss, sol.ts, sol.params, timeline=True)
     np.testing.assert_array_equal(events.entries, [1, 1, 1])
     np.testing.assert_array_equal(events.exits, [0, 0, 0])
     assert bool(events.inside_at_end.all())
@@ -56,6 +58,9 @@ def test_unit_speed_sign_flow_enters_once_at_the_closed_form_time():
     spacing = float(ts[1] - ts[0])
     np.testing.assert_allclose(events.first_entry_time, distance, atol=spacing + 10 * dim * eps)
     np.testing.assert_array_equal(events.coordinate, [0, 1, 2])
+    # The timeline: outside before the first entry, inside from it on.
+    after = events.time >= events.first_entry_time
+    np.testing.assert_array_equal(events.inside, after.transpose("time", "entry"))
     assert events.attrs["eps"] == eps and events.attrs["num_saves"] == ts.size
 
 
