@@ -108,3 +108,23 @@ def test_bad_input_names_the_argument(change, match):
     flow, ts = kwargs.pop("flow"), kwargs.pop("ts")
     with pytest.raises(ValueError, match=match):
         mf.layer_transitions(flow, loss, ts, params, **kwargs)
+
+
+def test_scaled_gradient_is_the_gradient_over_the_smoothing_scale():
+    # Structure-preserving placement: ∂F/∂w_i = g_j·∂x_j/∂w_i and the scale is ε·|∂x_j/∂w_i|,
+    # so every factor entry of coordinate j has |r_i| = |g_j|/ε. Naive: r = ∇_w F / ε.
+    problem = mf.sparse_regression(jax.random.key(1), n=6, d=4, k=2)
+    model = mf.SignedDeepDiagonal(
+        jax.random.uniform(jax.random.key(2), (3, 4), minval=0.1, maxval=1.0),
+        jax.random.uniform(jax.random.key(3), (3, 4), minval=0.1, maxval=1.0),
+    )
+    eps = 1e-3
+    g = jax.grad(problem)(model())
+    structured = mf.SteepestFlow(mf.Lp(1.0, eps)).scaled_gradient(model, problem)
+    for leaf in jax.tree.leaves(structured):
+        np.testing.assert_allclose(np.abs(leaf), np.broadcast_to(np.abs(g) / eps, leaf.shape))
+    naive_flow = mf.SteepestFlow(mf.Lp(1.0, eps), smoothing_at="naive")
+    naive = naive_flow.scaled_gradient(model, problem)
+    grads = jax.grad(lambda m: problem(m()))(model)
+    for r, grad in zip(jax.tree.leaves(naive), jax.tree.leaves(grads), strict=True):
+        np.testing.assert_allclose(r, grad / eps)
