@@ -38,6 +38,7 @@ rtol 1e-8, ``--implicit`` 1e-4)
 """
 
 import argparse
+import functools
 import time
 
 import diffrax
@@ -45,7 +46,7 @@ import equinox as eqx
 import jax
 import numpy as np
 import optimistix as optx
-from bench_core import FULL, QUICK, environment, load, timed
+from bench_core import FULL, QUICK, environment, load, steady_wall, timed
 from jax.flatten_util import ravel_pytree
 
 import mirrorflow_jax as mf
@@ -161,16 +162,6 @@ def compare_implicit(problem, model, size, smoothing: str, rtol: float):
                 )
 
 
-def steady(fn, *args):
-    """(last output, median wall time of three calls; one call if it takes a second or more)."""
-    out, wall = timed(fn, *args)
-    walls = [wall]
-    while wall < 1.0 and len(walls) < 3:
-        out, wall = timed(fn, *args)
-        walls.append(wall)
-    return out, float(np.median(walls))
-
-
 @eqx.filter_jit
 def solve_saved(flow, params0, loss, t1, solver, rtol):
     """Every accepted step of the solve: (times, states, result)."""
@@ -204,9 +195,8 @@ def rtol_sweep(problem, model, size, smoothing: str):
                     compiled, compile_s = compile_aot(
                         solve_end, flow, model, problem, size.t1, solver, rtol
                     )
-                (stats, result, final_loss), wall = steady(
-                    compiled, flow, model, problem, size.t1, solver, rtol
-                )
+                call = functools.partial(compiled, flow, model, problem, size.t1, solver, rtol)
+                (stats, result, final_loss), wall = steady_wall(call)
                 counts = transitions(flow, model, problem, size.t1, solver, rtol)
                 runs.append((stats, result, float(final_loss), wall, counts))
             steps = [int(run[0]["num_steps"]) for run in runs]
