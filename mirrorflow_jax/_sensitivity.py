@@ -29,9 +29,10 @@ def eps_sensitivity(
 
     The flow dθ/dt = −φ_q^ε(∇F) − α θ is solved from ``params0`` to ``t1`` once per ε (one
     compiled ``lax.map`` over ε; `Rodas4` unless ``solver=`` is given, since small ε is
-    stiff). Reported per ε: the endpoint x_ε(t1), its loss, ‖x_ε‖₁ and ‖x_ε‖₂ (the
-    implicit-bias norms), and ‖x_ε − x_ε₀‖_∞ against the smallest ε₀ — the closest to the
-    unregularized flow.
+    stiff; for the sign flow with ε ≲ 1e-7, where `Rodas4` chatters across the thin layer and
+    can run out of steps — see ``ok`` — pass ``solver=SignFlowKvaerno3()``). Reported per
+    ε: the endpoint x_ε(t1), its loss, ‖x_ε‖₁ and ‖x_ε‖₂ (the implicit-bias norms), and
+    ‖x_ε − x_ε₀‖_∞ against the smallest ε₀ — the closest to the unregularized flow.
 
     **Arguments:** ``flow`` a `SteepestFlow` (its own ε is replaced); ``params0``, ``loss``,
     ``t1`` as in `solve_flow`; ``eps`` a 1-d array of ε > 0; ``solve_kwargs`` any other
