@@ -18,9 +18,8 @@ Usage: ``python benchmarks/bench_sign_flow.py [--quick] [--budget SECONDS] [--fa
 compared at the accuracy they reach, not only at the tolerance they were given.
 
 ``--fast`` runs only the baseline (LSODA, finite-difference Jacobian), `SignFlowKvaerno3`
-and `Rodas4` with the structured Jacobian,
-minutes instead of most of an hour. The last lines give each method's wall-time ratio
-ε = 1e-6 : ε = 1e-3.
+and `Rodas4` with the structured Jacobian, minutes instead of most of an hour. The last lines
+give each method's wall-time ratio ε = 1e-6 : ε = 1e-3.
 """
 
 import argparse

@@ -231,9 +231,9 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
 
     def _newton(self, stage: _Stage, like, args, u0, g0, active, per_entry=False):
         """Solve stage's equation from (u0, g̃0); returns u, g̃ and whether it converged.
-        Does not iterate unless ``active`` (an earlier stage of the step failed). The unknowns
-        are one velocity per factor entry if ``per_entry`` (naive smoothing), else one per
-        coordinate."""
+        Does not iterate unless ``active`` (False once an earlier stage of the step has
+        failed: the step is rejected anyway). The unknowns are one velocity per factor entry
+        if ``per_entry`` (naive smoothing), else one per coordinate."""
         flow, loss = args.flow, args.loss
         geometry = flow.geometry
         dim = like().shape[0]
