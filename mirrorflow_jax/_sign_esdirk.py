@@ -112,6 +112,48 @@ def _checked(state, flow: SteepestFlow, per_entry: bool):
     )
 
 
+def _resting_signs(base, sign, u, signs_of):
+    """``sign`` (the sign of ∂x/∂w_i at ``base``), with the sign for entries of a part resting
+    at 0 (w_i = 0 and ∂x/∂w_i = 0: every factor of the part is 0) that grow again under the
+    velocity u. Such a part restarts with its factors equal in size and of one sign s = ±1,
+    the limit of the balanced start from factors s·α as α → 0 (the sign flow leaves it in
+    time O(α), PAPER.md §5); ``signs_of(rows)`` gives sign(∂x/∂w) at factor rows. It grows
+    when the velocity −sign(∂x/∂w_i)·u_j under that pattern points along s; a part that
+    cannot (an even-depth product whose sign u opposes) stays at rest."""
+    resting = (base == 0) & (sign == 0)
+    for pattern in (1.0, -1.0):
+        trial = signs_of(jnp.where(resting, pattern, base))
+        grows = resting & (sign == 0) & (-trial * u * pattern > 0)
+        sign = jnp.where(grows, trial, sign)
+    return sign
+
+
+def _stage_signs(base, u, point, signs_of):
+    """The signs σ of a stage from ``base`` (velocity −σ·u) and the entries it parks at 0.
+
+    σ is the sign of ∂x/∂w at the base, or `_resting_signs`' for a part resting at 0. An
+    entry is parked when the velocity carries it across 0 (``point(σ)``, the stage point for
+    the guess u, lies on the other side) and the sign of its own ∂x/∂w_i flips there, so that
+    it would move back: both sides push it to 0, a Filippov sliding point (the balanced
+    factors of a coordinate at even depth, or u in u⊙u, reaching 0 together), where the
+    flow's own velocity is 0 (∂x/∂w_i vanishes with the other factors of the part). The
+    checks that need more than the base's signs run only when some entry rests or crosses."""
+    sign = signs_of(base)
+    sign = jax.lax.cond(
+        jnp.any((base == 0) & (sign == 0)),
+        lambda: _resting_signs(base, sign, u, signs_of),
+        lambda: sign,
+    )
+    predicted = point(sign)
+    crosses = (sign != 0) & (base != 0) & (jnp.sign(predicted) == -jnp.sign(base))
+    parked = jax.lax.cond(
+        jnp.any(crosses),
+        lambda: crosses & (signs_of(predicted) == -sign),
+        lambda: jnp.zeros_like(crosses),
+    )
+    return sign, parked
+
+
 class _Stage(eqx.Module):
     """Stage i's equation Z = s·(B − a·σ·u), u = φ^ε(∇f(x(Z))), with s = 1/(1 + a·α); per
     entry (naive smoothing) σ = 1 and u = φ^ε(∇_w F(Z)) has one entry per factor entry."""
@@ -155,6 +197,20 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
     step's last stage (first same as last): its u solved the implicit equation, while φ^ε(∇f)
     evaluated afresh would turn the tolerance-level error of the state in g into O(1) errors
     of u for entries in the layer once ε is below about ‖∇²f‖·atol.
+
+    **Factors that collapse to 0.** The structure-preserving flow keeps sign(∂x/∂w_i)
+    unsmoothed, so it is discontinuous where a factor's ∂x/∂w_i changes sign. Where the
+    factors of a part of a coordinate reach 0 together and that sign flips with them (the
+    balanced factors of a shrinking part at even depth, u in u⊙u), both sides push them back
+    to 0: a Filippov sliding point, at which error-controlled solvers of the field (`Rodas4`,
+    explicit ones) shrink their steps without end. This solver parks such entries at 0 (the
+    stage lands on 0 with the velocity −B/a; their error estimate is 0, the value being
+    exact), where the field's own velocity is 0, and restarts a part resting at 0 once the
+    gradient would make it grow again, with its factors equal and of one sign: the limit of
+    the balanced init α → 0, which the sign flow leaves in time O(α), and what forward Euler
+    or sign descent do from a balanced init (equal factors stay equal). The continuation is
+    a choice: the Filippov solution there is not unique, and a part slightly off balance
+    crosses 0 one factor after the other instead (the solver follows that too).
 
     Works under ``jit``, ``vmap`` and forward- and reverse-mode differentiation (the stage
     roots are differentiated by the implicit function theorem, ``jax.lax.custom_root``).
@@ -348,35 +404,60 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
         field0, u0, g0 = jax.lax.cond(
             made_jump, lambda: self._first_stage(t0, y0, args), lambda: solver_state
         )
-        fields = jnp.zeros((_STAGES, *w0.shape), dtype).at[0].set(field0)
         per_entry = _per_entry(flow, y0)
 
+        def signs_of(rows):
+            return jnp.sign(_rows(_unrows(rows, y0).factor_jacobian(), dim))
+
+        if not per_entry:
+
+            def restart():
+                # A part resting at 0 that grows again from t0 on moves from the first stage.
+                sign = signs_of(w0)
+                moving = _resting_signs(w0, sign, u0, signs_of)
+                return jnp.where(moving == sign, field0, -moving * u0)
+
+            field0 = jax.lax.cond(jnp.any(w0 == 0), restart, lambda: field0)
+        fields = jnp.zeros((_STAGES, *w0.shape), dtype).at[0].set(field0)
+
         def stage(i, carry):
-            fields, _, u, g, ok = carry
+            fields, _, u, g, ok, _ = carry
             base = w0 + h * jnp.tensordot(a_lower[i], fields, 1)
-            if per_entry:
-                sign = jnp.ones_like(base)
-            else:
-                sign = jnp.sign(_rows(_unrows(base, y0).factor_jacobian(), dim))
             t = t0 + times[i] * h
             shrink = 1 / (1 + step * flow.decay_rate(t))
-            equation = _Stage(base, sign, step, shrink)
+            if per_entry:
+                sign = jnp.ones_like(base)
+                parked = jnp.zeros(base.shape, bool)
+            else:
+                sign, parked = _stage_signs(
+                    base, u, lambda sign: _Stage(base, sign, step, shrink).point(u), signs_of
+                )
+            equation = _Stage(
+                jnp.where(parked, 0.0, base), jnp.where(parked, 0.0, sign), step, shrink
+            )
             u, g, converged = self._newton(equation, y0, args, u, g, ok, per_entry)
             z = equation.point(u)
             if per_entry:
-                same_sign = True
+                consistent = True
             else:
                 # The stage's velocity with the signs at its base point: they are the signs
-                # at z too, or the step is rejected.
-                signs_z = jnp.sign(_rows(_unrows(z, y0).factor_jacobian(), dim))
-                same_sign = jnp.all(signs_z == sign)
-            fields = fields.at[i].set(-sign * u - flow.decay_rate(t) * z)
-            return fields, z, u, g, ok & converged & same_sign
+                # at z too, or the step is rejected. A parked entry (z = 0, its own sign 0)
+                # must be one that the full velocity |u| carries to 0 within the stage.
+                reaches = (base * sign * u > 0) & (jnp.abs(base) <= step * jnp.abs(u))
+                consistent = jnp.all(signs_of(z) == equation.sign) & jnp.all(~parked | reaches)
+            velocity = -equation.sign * u - flow.decay_rate(t) * z
+            # Z = B + a·k: a parked entry's stage velocity is the Filippov selection −B/a.
+            fields = fields.at[i].set(jnp.where(parked, -base / step, velocity))
+            return fields, z, u, g, ok & converged & consistent, parked
 
-        fields, w1, u1, g1, ok = jax.lax.fori_loop(
-            1, _STAGES, stage, (fields, w0, u0, g0, jnp.asarray(True))
+        no_parking = jnp.zeros(w0.shape, bool)
+        fields, w1, u1, g1, ok, parked = jax.lax.fori_loop(
+            1, _STAGES, stage, (fields, w0, u0, g0, jnp.asarray(True), no_parking)
         )
-        error = h * jnp.tensordot(b_error, fields, 1)
+        # A parked entry is exactly at its Filippov value 0 at t1 (it reached 0 within the step
+        # and stays): no error to estimate, and it rests there (first-same-as-last velocity 0).
+        error = jnp.where(parked, 0.0, h * jnp.tensordot(b_error, fields, 1))
+        last = jnp.where(parked, 0.0, fields[-1])
         failed = ~ok | ~jnp.all(jnp.isfinite(w1))
         y1 = _unrows(jnp.where(failed, w0, w1), y0)
         y_error = _unrows(jnp.where(failed, jnp.inf, error), y0)
@@ -384,6 +465,6 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             y0=y0,
             y1=y1,
             k0=_unrows(h * fields[0], y0),
-            k1=_unrows(h * fields[-1], y0),
+            k1=_unrows(h * last, y0),
         )
-        return y1, y_error, dense_info, (fields[-1], u1, g1), diffrax.RESULTS.successful
+        return y1, y_error, dense_info, (last, u1, g1), diffrax.RESULTS.successful

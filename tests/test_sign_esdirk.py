@@ -87,6 +87,96 @@ def test_agrees_with_rodas4_at_small_eps(placement):
     assert np.max(np.abs(np.asarray(runs[0].x - runs[1].x))) <= 1e-6
 
 
+def _symmetric_euler(flow, model, loss, ts, step=1e-5):
+    """Forward Euler on the same field with a constant step, the state at ``ts`` (multiples
+    of 0.1). Equal factors get bitwise-equal updates, so a balanced part stays balanced: at
+    a collapse it chatters within one step of 0 and grows again, with equal factors, when the
+    gradient turns (the continuation `SignFlowKvaerno3` takes)."""
+    per_save, saves = round(0.1 / step), round(float(ts[-1]) / 0.1)
+
+    @jax.jit
+    def run(params):
+        def tenth(params, _):
+            def one(params, _):
+                velocity = flow(0.0, params, loss)
+                return jax.tree.map(lambda w, v: w + step * v, params, velocity), None
+
+            params, _ = jax.lax.scan(one, params, None, length=per_save)
+            return params, params()
+
+        return jax.lax.scan(tenth, params, None, length=saves)[1]
+
+    every = np.asarray(run(model))
+    return every[np.rint(np.asarray(ts) / 0.1).astype(int) - 1]
+
+
+@pytest.mark.parametrize("depth", [2, 4])
+def test_even_depth_collapse_matches_symmetric_euler(depth):
+    """From the balanced init at even depth, the factors of a shrinking part reach 0 together,
+    where sign(∂x/∂w) flips with them (a Filippov sliding point of the structure-preserving
+    flow, at which `Rodas4` stalls). The solver parks them at 0 and restarts them when the
+    gradient turns; forward Euler (step 1e-5, O(step) error) on the same field follows the
+    same path."""
+    loss = small_regression(seed=1, n=5, d=8, k=2)
+    model = mf.SignedDeepDiagonal.scaled(0.3, depth=depth, dim=8)
+    flow = mf.SteepestFlow(mf.Lp(1.0, 1e-2))
+    ts = jnp.linspace(0.1, 3.0, 30)
+    sol = mf.solve_flow(
+        flow, model, loss, 3.0, saveat=ts, solver=TIGHT_SOLVER, stepsize_controller=TIGHT
+    )
+    assert bool(sol.ok)
+    # (time, part, coordinate): every factor of the part at 0
+    at_rest = np.stack(
+        [np.all(np.asarray(p) == 0, axis=1) for p in (sol.params.u, sol.params.v)], axis=1
+    )
+    assert at_rest.any(), "no part collapsed: the test does not exercise parking"
+    rested = at_rest.any(axis=0)  # (part, coordinate)
+    assert np.any(rested & ~at_rest[-1]), "no parked part grew again"
+    reference = _symmetric_euler(flow, model, loss, ts)
+    assert np.max(np.abs(np.asarray(sol.x) - reference)) <= 1e-4
+
+
+def test_unbalanced_crossing_is_not_parked():
+    """5% off balance, the factors of a part cross 0 one after the other (transversally):
+    nothing is parked, and the solve agrees with `Rodas4` at tight tolerances."""
+    loss = small_regression(seed=1, n=5, d=8, k=2)
+    base = mf.SignedDeepDiagonal.scaled(0.3, depth=2, dim=8)
+    model = mf.SignedDeepDiagonal(base.u.at[0].multiply(1.05), base.v.at[1].multiply(1.05))
+    flow = mf.SteepestFlow(mf.Lp(1.0, 1e-2))
+    ts = jnp.linspace(0.5, 3.0, 6)
+    runs = [
+        mf.solve_flow(flow, model, loss, 3.0, saveat=ts, solver=solver, stepsize_controller=TIGHT)
+        for solver in (TIGHT_SOLVER, mf.Rodas4())
+    ]
+    assert all(bool(run.ok) for run in runs)
+    crossed = np.asarray(runs[0].params.u[-1]) < 0
+    assert crossed.any(), "no factor crossed 0: the test does not exercise a crossing"
+    assert np.max(np.abs(np.asarray(runs[0].x - runs[1].x))) <= 1e-8
+
+
+def test_leaves_the_origin_like_a_vanishing_init():
+    """All factors 0 is an equilibrium of the field (∂x/∂w = 0); the solver continues it as the
+    limit of the balanced init α → 0, which the sign flow leaves in time O(α) (PAPER.md §5):
+    from α = 0 it ends within 1e-4 of the solve from α = 1e-6 (odd and even depth)."""
+    loss = small_regression(seed=1, n=5, d=8, k=2)
+    flow = mf.SteepestFlow(mf.Lp(1.0, 1e-2))
+    for depth in (2, 3):
+        ends = [
+            mf.solve_flow(
+                flow,
+                mf.SignedDeepDiagonal.scaled(alpha, depth=depth, dim=8),
+                loss,
+                2.0,
+                solver=TIGHT_SOLVER,
+                stepsize_controller=TIGHT,
+            )
+            for alpha in (0.0, 1e-6)
+        ]
+        assert all(bool(end.ok) for end in ends)
+        assert float(jnp.max(jnp.abs(ends[0].x[-1]))) > 0.1
+        assert np.max(np.abs(np.asarray(ends[0].x[-1] - ends[1].x[-1]))) <= 1e-4
+
+
 def test_is_third_order():
     """Halving a constant step divides the global error by ≈ 2³ (a smooth case, ε = 1, with
     decoupled decay; t1 = 0.25 keeps every factor away from 0, where sign(∂x/∂w) would
@@ -117,18 +207,25 @@ def test_is_third_order():
 
 
 def test_vmap_over_eps_equals_single_solves():
+    """Batched and single solves agree to the solve's tolerance (batched linear algebra rounds
+    differently, and at ε = 1e-6 the layer entries carry that to ≈ 1e-10). Depth 2 from the
+    balanced init: the shrinking factors collapse to 0 and are parked there."""
     loss = small_regression(seed=6, n=5, d=8)
     model = mf.SignedDeepDiagonal.scaled(1e-2, depth=2, dim=8)
 
     @jax.jit
     def endpoint(eps):
         flow = mf.SteepestFlow(mf.Lp(1.0, eps))
-        return mf.solve_flow(flow, model, loss, 10.0, solver=mf.SignFlowKvaerno3()).x[-1]
+        sol = mf.solve_flow(flow, model, loss, 10.0, solver=mf.SignFlowKvaerno3())
+        return sol.x[-1], sol.ok
 
     eps = jnp.array([1e-3, 1e-6])
-    batched = jax.vmap(endpoint)(eps)
+    batched, batched_ok = jax.vmap(endpoint)(eps)
+    assert bool(batched_ok.all())
     for i in range(2):
-        np.testing.assert_allclose(batched[i], endpoint(eps[i]), rtol=1e-10, atol=1e-14)
+        single, ok = endpoint(eps[i])
+        assert bool(ok)
+        np.testing.assert_allclose(batched[i], single, rtol=1e-8, atol=1e-9)
 
 
 @pytest.mark.parametrize("placement", ["structured", "naive"])
