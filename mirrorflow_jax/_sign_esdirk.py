@@ -11,10 +11,17 @@ layer; here the Newton iteration re-linearizes at every iterate, in the unknowns
 both sides of the layer are well scaled, so the step only has to resolve the trajectory's
 kink, not the layer (benchmarks/README.md measures both).
 
-With the naive smoothing (and with coupled weight decay) every factor entry has its own
-velocity u_i = φ^ε(∂F/∂w_i); the same iteration then runs on R·d unknowns, with the Hessian
-of F in the factors (block diagonal plus rank r, `BlockLowRankOperator`) and a Woodbury solve.
+With the naive smoothing every factor entry has its own velocity u_i = φ^ε(∂F/∂w_i), and
+with the structure-preserving one and coupled weight decay β, u_i = φ^ε((∂F/∂w_i)/|∂x/∂w_i|);
+the same iteration then runs on R·d unknowns, with the Jacobian of that argument in the
+factors (block diagonal plus rank r, `BlockLowRankOperator`) and a Woodbury solve.
+
+Where the structure-preserving flow is discontinuous (sign(∂x/∂w_i) is kept exact) factors can
+collapse to 0 at a Filippov sliding point; the stages park them there and restart a resting
+part when its velocity turns (`_stage_signs`, `_entry_stage`).
 """
+
+import functools
 
 import diffrax
 import equinox as eqx
@@ -38,6 +45,12 @@ for _i, _row in enumerate(_TABLEAU.a_lower):
     _A_LOWER[_i + 1, : len(_row)] = _row
 _C = np.concatenate([[0.0], _TABLEAU.c])
 _B_ERROR = np.asarray(_TABLEAU.b_error)
+# The per-entry argument where ∂x/∂w_i = 0 (the structure-preserving smoothing's scale ε|P_i|
+# vanishes): far beyond any ε, so φ^ε gives the sign.
+_UNBOUNDED = 1e30
+# The size of the factors from which a part resting at 0 restarts, per entry: the limit of a
+# vanishing balanced part, small enough not to show in x at any tolerance.
+_SEED = 1e-30
 
 
 def _check_setup(flow, params, loss) -> None:
@@ -65,17 +78,6 @@ def _check_setup(flow, params, loss) -> None:
         ("geometry.q", geometry.q, lambda v: np.all(v == 1.0), "exactly 1", ""),
         ("geometry.eps", geometry.eps, lambda v: np.all(v > 0.0), "> 0", ""),
     ]
-    if not _per_entry(flow, params):
-        checks.append(
-            (
-                "coupled_wd",
-                flow.coupled_wd,
-                lambda v: np.all(v == 0.0),
-                "0",
-                " with the structure-preserving smoothing (the naive one, smoothing_at="
-                "'naive', takes coupled decay)",
-            )
-        )
     for name, value, ok, valid, where in checks:
         if is_concrete(value) and not ok(np.asarray(value)):
             raise ValueError(
@@ -85,21 +87,40 @@ def _check_setup(flow, params, loss) -> None:
 
 
 def _per_entry(flow: SteepestFlow, params) -> bool:
-    """Whether the stages' unknowns are one velocity per factor entry (the naive smoothing,
-    any decay) rather than one per coordinate (the structure-preserving one)."""
-    return flow.smoothing_for(params) == "naive"
+    """Whether the stages' unknowns are one velocity per factor entry (the naive smoothing;
+    the structure-preserving one with coupled decay β, `SteepestFlow.has_coupled_wd`) rather
+    than one per coordinate (the structure-preserving one without)."""
+    return flow.smoothing_for(params) == "naive" or flow.has_coupled_wd
+
+
+def _entry_argument(flow: SteepestFlow, model: AbstractReparam, loss):
+    """Per factor entry, the argument whose φ^ε is its velocity (a PyTree like ``model``):
+    ∂F/∂w_i for the naive smoothing; (∂F/∂w_i)/|∂x/∂w_i| for the structure-preserving one
+    (at q = 1, φ^{ε|P|}(y) = φ^ε(y/|P|)), ±_UNBOUNDED where ∂x/∂w_i = 0 (φ^{0} is the sign)."""
+    grads = jax.grad(flow.objective)(model, loss)
+    if flow.smoothing_for(model) == "naive":
+        return grads
+
+    def scaled(grad, slope):
+        size = jnp.abs(slope)
+        safe = jnp.where(size > 0, size, 1.0)
+        return jnp.where(size > 0, grad / safe, jnp.sign(grad) * _UNBOUNDED)
+
+    return jax.tree.map(scaled, grads, model.factor_jacobian())
 
 
 def _gradient(flow: SteepestFlow, model: AbstractReparam, loss, per_entry: bool):
-    """The smoothed map's argument: ∇f(x) per coordinate (structure-preserving smoothing), or
-    ∇_w F in the (R, d) row layout (per entry, naive smoothing)."""
+    """The smoothed map's argument: ∇f(x) per coordinate, or `_entry_argument` in the (R, d)
+    row layout (per entry)."""
     if per_entry:
-        return _rows(jax.grad(flow.objective)(model, loss), model().shape[0])
+        return _rows(_entry_argument(flow, model, loss), model().shape[0])
     return jax.grad(loss)(model())
 
 
 def _checked(state, flow: SteepestFlow, per_entry: bool):
-    """``state``, with a run-time error if a swept (traced) q, ε or β is out of range."""
+    """``state``, with a run-time error if a swept (traced) q or ε is out of range, or if β
+    was set after the flow was built without it (one velocity per coordinate cannot take
+    it)."""
     geometry = flow.geometry
     invalid = (geometry.q != 1) | ~(geometry.eps > 0)
     if not per_entry:
@@ -107,8 +128,8 @@ def _checked(state, flow: SteepestFlow, per_entry: bool):
     return eqx.error_if(
         state,
         invalid,
-        "SignFlowKvaerno3 needs q = 1, eps > 0, and coupled_wd = 0 with the structure-"
-        "preserving smoothing",
+        "SignFlowKvaerno3 needs q = 1 and eps > 0; a non-zero coupled_wd must be given to "
+        "SteepestFlow (not set afterwards) so that the solver takes one velocity per entry",
     )
 
 
@@ -154,6 +175,53 @@ def _stage_signs(base, u, point, signs_of):
     return sign, parked
 
 
+def _restart_guess(base, u, velocity_at, signs_of):
+    """The guess u with, for entries of a part resting at 0, its restart velocity or 0 (see
+    `_entry_stage`)."""
+    resting = (base == 0) & (signs_of(base) == 0)
+
+    def restart():
+        guess, chosen = jnp.where(resting, 0.0, u), jnp.zeros_like(resting)
+        for pattern in (1.0, -1.0):
+            trial = velocity_at(jnp.where(resting, pattern * _SEED, base))
+            grows = resting & ~chosen & (-trial * pattern > 0)
+            guess, chosen = jnp.where(grows, trial, guess), chosen | grows
+        return guess
+
+    return jax.lax.cond(jnp.any(resting), restart, lambda: u)
+
+
+def _entry_stage(start, base, u, step, point, velocity_at, signs_of):
+    """`_stage_signs` for per-entry unknowns under the structure-preserving smoothing (with
+    coupled decay β): the guess u (for a part resting at 0, its restart velocity or 0; for a
+    parked entry, the velocity on the base's side, which it keeps as the next stage's guess);
+    the parked entries; and whether each parked entry reaches 0 within the stage.
+
+    A resting part restarts from factors of one sign s = ±1 and vanishing size when its
+    velocity there, −φ^ε((∂F/∂w_i)/|∂x/∂w_i|) = ``-velocity_at(rows)``, points along s (at
+    depth 2, where β·w_i/|∂x/∂w_i| stays ±β, when |∇f| exceeds β; deeper, the decay term
+    wins near 0 and the part stays). An entry is parked when the base or the guess's stage
+    point (``point(u)``, a = ``step``) lies across 0 from its value at the step's ``start`` and the
+    velocity there points back: the decay holds a collapsing part at 0, where β·w_i/|∂x/∂w_i|
+    jumps from +∞ to −∞. Parking is consistent if the velocity on the base's side can carry
+    the base to 0 within the stage (the selection −B/a lies between the two sides'
+    velocities). The checks run only when some entry rests or crosses."""
+    u = _restart_guess(base, u, velocity_at, signs_of)
+    predicted = point(u)
+    side = jnp.sign(start)
+    crosses = (side != 0) & ((jnp.sign(base) == -side) | (jnp.sign(predicted) == -side))
+
+    def park():
+        beyond = velocity_at(jnp.where(jnp.sign(predicted) == -side, predicted, base))
+        parked = crosses & (beyond * u < 0)
+        near = jnp.where(jnp.sign(base) == -side, beyond, u)  # the velocity on the base's side
+        reaches = (base * near >= 0) & (jnp.abs(base) <= step * jnp.abs(near))
+        return jnp.where(parked, near, u), parked, parked & reaches
+
+    nothing = jnp.zeros_like(crosses)
+    return jax.lax.cond(jnp.any(crosses), park, lambda: (u, nothing, nothing))
+
+
 class _Stage(eqx.Module):
     """Stage i's equation Z = s·(B − a·σ·u), u = φ^ε(∇f(x(Z))), with s = 1/(1 + a·α); per
     entry (naive smoothing) σ = 1 and u = φ^ε(∇_w F(Z)) has one entry per factor entry."""
@@ -180,11 +248,14 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
 
     for u ∈ (−1, 1)^d by Newton's method on the pair (u, g̃) with g̃ → g: the linear system
     is (I + C Cᵀ diag(saκφ'(g̃))) Δg̃ = rhs with κ_j = Σ_i |P_ij| and ∇²f = C Cᵀ, one r×r
-    Cholesky factor per iterate (Woodbury). With the naive smoothing (any decay) the velocity
-    is per factor entry, dw/dt = −u − α(t)·w with u = φ^ε(∇_w F), and the stage is solved for
+    Cholesky factor per iterate (Woodbury). With the naive smoothing the velocity is per
+    factor entry, dw/dt = −u − α(t)·w with u = φ^ε(∇_w F), and the stage is solved for
     u ∈ (−1, 1)^(R×d) the same way, the linear system being (I + sa·∇²_w F·diag(φ'(g̃))) Δg̃
     = rhs, ∇²_w F block diagonal plus rank r (re-linearized at every iterate), solved by
-    Woodbury with d small block inverses and one r×r solve per iterate.
+    Woodbury with d small block inverses and one r×r solve per iterate. With the structure-
+    preserving smoothing and coupled decay β (`SteepestFlow.has_coupled_wd`) the velocity is
+    per entry too, u_i = φ^ε((∂F/∂w_i)/|∂x/∂w_i|) (= φ^{ε|∂x/∂w_i|}(∂F/∂w_i) at q = 1), and
+    the same iteration runs with that argument's Jacobian.
 
     An entry whose g̃ jumps across the layer |g̃| ≲ ε in one iterate is restarted at its
     centre (g̃ = u = 0): the solution lies between the two sides; an entry outside |g̃| ≤ ε
@@ -210,15 +281,19 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
     the balanced init α → 0, which the sign flow leaves in time O(α), and what forward Euler
     or sign descent do from a balanced init (equal factors stay equal). The continuation is
     a choice: the Filippov solution there is not unique, and a part slightly off balance
-    crosses 0 one factor after the other instead (the solver follows that too).
+    crosses 0 one factor after the other instead (the solver follows that too). With coupled
+    decay β the scaled gradient's term β·w_i/|∂x/∂w_i| jumps from +∞ to −∞ as a part passes
+    0, at any depth: the decay holds the part there (the sparsity it is for), and the
+    solver parks it likewise; a resting part restarts only at depth 2, where that term stays
+    ±β, once |∇f| exceeds β (benchmarks/README.md, "bench_collapse.py").
 
     Works under ``jit``, ``vmap`` and forward- and reverse-mode differentiation (the stage
     roots are differentiated by the implicit function theorem, ``jax.lax.custom_root``).
 
     Needs a `SteepestFlow` with geometry ``Lp(1, eps)``, ε > 0, a separable toolkit model and
     a loss with ``hessian_factor``, inside `solve_flow`; decoupled decay (constant or
-    scheduled) with either smoothing, coupled decay with the naive one only (with the
-    structure-preserving one its per-entry scale ε|P_i| moves with w). Anything else raises a
+    scheduled) and coupled decay with either smoothing (β given to `SteepestFlow`, not set
+    afterwards with ``eqx.tree_at``: that raises at run time). Anything else raises a
     ValueError that names `Rodas4` as the alternative.
 
     **Fields:** ``rtol``, ``atol`` the tolerances the Newton test is relative to (match the
@@ -319,19 +394,25 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             # (I + s·a·J D) Δg̃ = r_g − s·a·J r_u with J = ∂(∇_w F)/∂w at the iterate (taken
             # once per step instead, its O(h) error times φ^ε' ~ 1/ε failed most Newton
             # solves at ε = 1e-10) and D = diag(φ^ε'(g̃)).
+            # With the structure-preserving smoothing J is that of (∂F/∂w_i)/|∂x/∂w_i|, and
+            # a parked or resting entry (σ = 0) does not move with its u.
             z = stage.point(u)
-            g, jacobian = linearized_rows(jax.grad(flow.objective), _unrows(z, like), loss)
+            argument = functools.partial(_entry_argument, flow)
+            g, jacobian = linearized_rows(argument, _unrows(z, like), loss)
             phi, dphi = jax.jvp(geometry.map, (g_guess,), (jnp.ones_like(g_guess),))
             slope = stage.shrink * stage.step
             r_g, r_u = g - g_guess, phi - u
+            moving = stage.sign * dphi
             scaled = BlockLowRankOperator(
-                jacobian.blocks * dphi.T[:, None, :],
+                jacobian.blocks * moving.T[:, None, :],
                 jacobian.left,
-                jacobian.right * dphi,
+                jacobian.right * moving,
                 jacobian.factor,
             )
-            dg = woodbury_solve(scaled.shifted(-slope), r_g - slope * jacobian.mv(r_u))
-            return g, r_u, dphi, dg, slope / (self.atol + self.rtol * jnp.abs(z))
+            rhs = r_g - slope * jacobian.mv(stage.sign * r_u)
+            dg = woodbury_solve(scaled.shifted(-slope), rhs)
+            weight = slope * jnp.abs(stage.sign) / (self.atol + self.rtol * jnp.abs(z))
+            return g, r_u, dphi, dg, weight
 
         linear_step = per_entry_step if per_entry else per_coordinate
 
@@ -405,11 +486,27 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             made_jump, lambda: self._first_stage(t0, y0, args), lambda: solver_state
         )
         per_entry = _per_entry(flow, y0)
+        # Factors can collapse to a Filippov sliding point only under the structure-preserving
+        # smoothing (the naive one is smooth in w).
+        parking = flow.smoothing_for(y0) == "structured"
 
         def signs_of(rows):
             return jnp.sign(_rows(_unrows(rows, y0).factor_jacobian(), dim))
 
-        if not per_entry:
+        def velocity_at(rows):
+            return flow.geometry.map(_gradient(flow, _unrows(rows, y0), args.loss, True))
+
+        def entry_stage(base, u, shrink):
+            def point(u):
+                return _Stage(base, jnp.ones_like(base), step, shrink).point(u)
+
+            return _entry_stage(w0, base, u, step, point, velocity_at, signs_of)
+
+        if per_entry and parking:
+            # A resting part that grows again from t0 on moves from the first stage.
+            guess = _restart_guess(w0, u0, velocity_at, signs_of)
+            field0 = jnp.where(guess == u0, field0, -guess)
+        elif not per_entry:
 
             def restart():
                 # A part resting at 0 that grows again from t0 on moves from the first stage.
@@ -425,7 +522,11 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             base = w0 + h * jnp.tensordot(a_lower[i], fields, 1)
             t = t0 + times[i] * h
             shrink = 1 / (1 + step * flow.decay_rate(t))
-            if per_entry:
+            if per_entry and parking:
+                guess, parked, reaches = entry_stage(base, u, shrink)
+                u = guess
+                sign = jnp.ones_like(base)
+            elif per_entry:
                 sign = jnp.ones_like(base)
                 parked = jnp.zeros(base.shape, bool)
             else:
@@ -437,7 +538,10 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             )
             u, g, converged = self._newton(equation, y0, args, u, g, ok, per_entry)
             z = equation.point(u)
-            if per_entry:
+            if per_entry and parking:
+                consistent = jnp.all(~parked | reaches)
+                u = jnp.where(parked, guess, u)
+            elif per_entry:
                 consistent = True
             else:
                 # The stage's velocity with the signs at its base point: they are the signs

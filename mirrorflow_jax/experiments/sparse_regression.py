@@ -27,8 +27,8 @@ Why the saddle init: from the uniform init (all factors λ, c = 0) every coordin
 u, v to shrink to zero, and at even depth that factor reaches 0 in finite time under the sign
 flow and stays there; the structure-preserving smoothing keeps φ_1(∂x/∂w) = sign(·) exact, so the
 solver chatters around the kink (measured: Tsit5 at depth 2, d = 60, stalled at t ≈ λ after
-30 000 steps). With w_1 = 0 and c > 0 the first factor crosses zero transversally and the solve
-takes about a thousand steps.
+30 000 steps; `SignFlowKvaerno3` parks such factors at 0, docs/smoothing.md). With w_1 = 0 and
+c > 0 the first factor crosses zero transversally and the solve takes about a thousand steps.
 """
 
 import dataclasses
