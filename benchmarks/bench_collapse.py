@@ -47,6 +47,9 @@ def run(problem, depth, alpha, beta, placement, solver):
     """(finished, time reached, steps, final loss, wall s, compile s) of one solve."""
     model = mf.SignedDeepDiagonal.scaled(alpha, depth=depth, dim=problem.A.shape[1])
     flow = mf.SteepestFlow(mf.Lp(1.0, EPS), coupled_wd=beta, smoothing_at=placement)
+    if isinstance(solver, mf.SignFlowKvaerno3):
+        # Inside the jit below β is traced: settle the unknowns (per entry for β > 0) here.
+        solver = solver.resolved(flow, model)
 
     def solve(flow, model):
         sol = mf.solve_flow(

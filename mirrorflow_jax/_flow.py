@@ -7,13 +7,12 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array
 
 from ._custom_types import Loss, Params, ScalarLike, Schedule
 from ._geometry import Lp
 from ._models import AbstractReparam, effective_weights
-from ._validate import as_float, check_choice, check_range, is_concrete
+from ._validate import as_float, check_choice, check_range
 
 SMOOTHING_PLACES = ("auto", "naive", "structured")
 
@@ -95,11 +94,6 @@ class SteepestFlow(AbstractFlow):
       e.g. an equinox Module with array fields so that it can be swept).
     - ``smoothing_at``: ``"auto"``, ``"naive"`` or ``"structured"``.
 
-    The static field ``has_coupled_wd`` is False when β was given as a concrete 0 (the
-    default), so that solvers can rely on its absence even where the array is traced
-    (`SignFlowKvaerno3` then keeps one velocity per coordinate); a traced β counts as
-    present.
-
     **Example:**
 
     ```python
@@ -111,7 +105,6 @@ class SteepestFlow(AbstractFlow):
     coupled_wd: Array
     decoupled_wd: Array | Callable
     smoothing_at: str = eqx.field(static=True)
-    has_coupled_wd: bool = eqx.field(static=True)
 
     def __init__(
         self,
@@ -128,7 +121,6 @@ class SteepestFlow(AbstractFlow):
             decoupled_wd = as_float(decoupled_wd)
         self.geometry = Lp() if geometry is None else geometry
         self.coupled_wd = as_float(coupled_wd)
-        self.has_coupled_wd = not (is_concrete(coupled_wd) and np.all(np.asarray(coupled_wd) == 0))
         self.decoupled_wd = decoupled_wd
         self.smoothing_at = smoothing_at
 

@@ -21,6 +21,7 @@ collapse to 0 at a Filippov sliding point; the stages park them there and restar
 part when its velocity turns (`_stage_signs`, `_entry_stage`).
 """
 
+import dataclasses
 import functools
 
 import diffrax
@@ -34,8 +35,9 @@ from ._flow import FlowArgs, SteepestFlow
 from ._linear import BlockLowRankOperator, woodbury_solve
 from ._models import AbstractReparam
 from ._rosenbrock import _rows, _unrows, linearized_rows
-from ._validate import check_int, check_range, is_concrete
+from ._validate import check_choice, check_int, check_range, is_concrete
 
+UNKNOWNS = ("auto", "coordinate", "entry")
 _TABLEAU = diffrax.Kvaerno3.tableau
 _STAGES = len(_TABLEAU.c) + 1
 _GAMMA = float(_TABLEAU.a_diagonal[1])
@@ -53,7 +55,7 @@ _UNBOUNDED = 1e30
 _SEED = 1e-30
 
 
-def _check_setup(flow, params, loss) -> None:
+def _check_setup(flow, params, loss, unknowns="auto") -> None:
     """ValueError (with the fix) when the solve is not one `SignFlowKvaerno3` can take; the
     values q, ε, β are checked where they are concrete (`solve_flow` checks them before it
     compiles)."""
@@ -78,6 +80,17 @@ def _check_setup(flow, params, loss) -> None:
         ("geometry.q", geometry.q, lambda v: np.all(v == 1.0), "exactly 1", ""),
         ("geometry.eps", geometry.eps, lambda v: np.all(v > 0.0), "> 0", ""),
     ]
+    if unknowns == "coordinate" and flow.smoothing_for(params) == "structured":
+        checks.append(
+            (
+                "coupled_wd",
+                flow.coupled_wd,
+                lambda v: np.all(v == 0.0),
+                "0",
+                " with unknowns='coordinate' (one velocity per coordinate; pass "
+                "unknowns='entry' or 'auto' for coupled decay)",
+            )
+        )
     for name, value, ok, valid, where in checks:
         if is_concrete(value) and not ok(np.asarray(value)):
             raise ValueError(
@@ -86,11 +99,16 @@ def _check_setup(flow, params, loss) -> None:
             )
 
 
-def _per_entry(flow: SteepestFlow, params) -> bool:
-    """Whether the stages' unknowns are one velocity per factor entry (the naive smoothing;
-    the structure-preserving one with coupled decay β, `SteepestFlow.has_coupled_wd`) rather
-    than one per coordinate (the structure-preserving one without)."""
-    return flow.smoothing_for(params) == "naive" or flow.has_coupled_wd
+def _per_entry(flow: SteepestFlow, params, unknowns: str) -> bool:
+    """Whether the stages' unknowns are one velocity per factor entry rather than one per
+    coordinate: always for the naive smoothing; for the structure-preserving one as
+    ``unknowns`` says, "auto" meaning per entry when coupled decay β is concrete and non-zero
+    (a traced β cannot be seen here: "auto" then takes one per coordinate and `_checked`
+    stops a non-zero β at run time)."""
+    if flow.smoothing_for(params) == "naive" or unknowns == "entry":
+        return True
+    beta = flow.coupled_wd
+    return unknowns == "auto" and is_concrete(beta) and bool(np.any(np.asarray(beta) != 0))
 
 
 def _entry_argument(flow: SteepestFlow, model: AbstractReparam, loss):
@@ -118,19 +136,18 @@ def _gradient(flow: SteepestFlow, model: AbstractReparam, loss, per_entry: bool)
 
 
 def _checked(state, flow: SteepestFlow, per_entry: bool):
-    """``state``, with a run-time error if a swept (traced) q or ε is out of range, or if β
-    was set after the flow was built without it (one velocity per coordinate cannot take
-    it)."""
+    """``state``, with a run-time error if a traced (swept) q or ε is out of range, or a
+    traced β is non-zero where the stages take one velocity per coordinate."""
     geometry = flow.geometry
     invalid = (geometry.q != 1) | ~(geometry.eps > 0)
+    message = "SignFlowKvaerno3 needs q = 1 and eps > 0"
     if not per_entry:
         invalid = invalid | (flow.coupled_wd != 0)
-    return eqx.error_if(
-        state,
-        invalid,
-        "SignFlowKvaerno3 needs q = 1 and eps > 0; a non-zero coupled_wd must be given to "
-        "SteepestFlow (not set afterwards) so that the solver takes one velocity per entry",
-    )
+        message += (
+            "; a coupled_wd that is traced (swept, or passed through jit) and non-zero needs "
+            "SignFlowKvaerno3(unknowns='entry')"
+        )
+    return eqx.error_if(state, invalid, message)
 
 
 def _resting_signs(base, sign, u, signs_of):
@@ -253,7 +270,7 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
     u ∈ (−1, 1)^(R×d) the same way, the linear system being (I + sa·∇²_w F·diag(φ'(g̃))) Δg̃
     = rhs, ∇²_w F block diagonal plus rank r (re-linearized at every iterate), solved by
     Woodbury with d small block inverses and one r×r solve per iterate. With the structure-
-    preserving smoothing and coupled decay β (`SteepestFlow.has_coupled_wd`) the velocity is
+    preserving smoothing and coupled decay β (see ``unknowns``) the velocity is
     per entry too, u_i = φ^ε((∂F/∂w_i)/|∂x/∂w_i|) (= φ^{ε|∂x/∂w_i|}(∂F/∂w_i) at q = 1), and
     the same iteration runs with that argument's Jacobian.
 
@@ -298,7 +315,12 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
 
     **Fields:** ``rtol``, ``atol`` the tolerances the Newton test is relative to (match the
     step-size controller's; defaults are `solve_flow`'s); ``newton_tol`` in (0, 1];
-    ``max_newton`` ≥ 1 iterates per stage.
+    ``max_newton`` ≥ 1 iterates per stage; ``unknowns`` for the structure-preserving
+    smoothing: ``"coordinate"`` (one velocity per coordinate, no coupled decay), ``"entry"``
+    (one per factor entry, any β) or ``"auto"`` (per entry when β is non-zero; settled by
+    `solve_flow` while β is concrete, and per coordinate when it is traced, e.g. swept or
+    passed through ``jit``, where a non-zero β then raises at run time: pass ``"entry"``
+    there).
 
     **Example:**
 
@@ -319,6 +341,7 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
     atol: float = eqx.field(static=True, default=1e-10)
     newton_tol: float = eqx.field(static=True, default=0.1)
     max_newton: int = eqx.field(static=True, default=8)
+    unknowns: str = eqx.field(static=True, default="auto")
 
     term_structure = diffrax.AbstractTerm
     interpolation_cls = diffrax.ThirdOrderHermitePolynomialInterpolation
@@ -328,11 +351,20 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
         check_range("atol", self.atol, 0.0)
         check_range("newton_tol", self.newton_tol, 0.0, 1.0, lo_open=True)
         check_int("max_newton", self.max_newton, 1)
+        check_choice("unknowns", self.unknowns, UNKNOWNS)
 
     def check_setup(self, flow, params, loss) -> None:
         """Raise ValueError unless ``flow``, ``params`` and ``loss`` are a solve this solver
         can take (see the class docstring); `solve_flow` calls it before compiling."""
-        _check_setup(flow, params, loss)
+        _check_setup(flow, params, loss, self.unknowns)
+
+    def resolved(self, flow, params) -> "SignFlowKvaerno3":
+        """This solver with ``unknowns="auto"`` settled for ``flow`` and ``params`` where β is
+        concrete; `solve_flow` calls it before compiling (inside, β is traced)."""
+        if self.unknowns != "auto" or not is_concrete(flow.coupled_wd):
+            return self
+        per_entry = _per_entry(flow, params, "auto")
+        return dataclasses.replace(self, unknowns="entry" if per_entry else "coordinate")
 
     def order(self, terms):
         return 3
@@ -346,15 +378,15 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
                 "`SignFlowKvaerno3` solves a SteepestFlow through `solve_flow` (args must be "
                 "FlowArgs); use `Rodas4` for other flows."
             )
-        _check_setup(args.flow, y0, args.loss)
-        per_entry = _per_entry(args.flow, y0)
+        _check_setup(args.flow, y0, args.loss, self.unknowns)
+        per_entry = _per_entry(args.flow, y0, self.unknowns)
         return _checked(self._first_stage(t0, y0, args), args.flow, per_entry)
 
     def _first_stage(self, t0, y0, args):
         """(velocity rows, u, g) at (t0, y0), evaluated afresh."""
         flow, loss = args.flow, args.loss
         dim = y0().shape[0]
-        g0 = _gradient(flow, y0, loss, _per_entry(flow, y0))
+        g0 = _gradient(flow, y0, loss, _per_entry(flow, y0, self.unknowns))
         return _rows(flow(t0, y0, loss), dim), flow.geometry.map(g0), g0
 
     def func(self, terms, t0, y0, args):
@@ -485,7 +517,7 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
         field0, u0, g0 = jax.lax.cond(
             made_jump, lambda: self._first_stage(t0, y0, args), lambda: solver_state
         )
-        per_entry = _per_entry(flow, y0)
+        per_entry = _per_entry(flow, y0, self.unknowns)
         # Factors can collapse to a Filippov sliding point only under the structure-preserving
         # smoothing (the naive one is smooth in w).
         parking = flow.smoothing_for(y0) == "structured"

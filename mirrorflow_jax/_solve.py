@@ -266,6 +266,7 @@ def solve_flow(
     _check_setup(flow, params0, loss, t0, t1, saveat, max_steps)
     if isinstance(solver, SignFlowKvaerno3):
         solver.check_setup(flow, params0, loss)
+        solver = solver.resolved(flow, params0)
     return _solve(
         flow,
         params0,

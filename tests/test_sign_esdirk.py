@@ -161,19 +161,20 @@ def test_coupled_decay_structured_matches_forward_euler(kind):
 
 
 def test_vmap_over_coupled_decay_equals_single_solves():
-    """A traced β (a sweep) takes one velocity per factor entry; at β = 0 that is the same
-    flow as the per-coordinate solve of a flow built without β, and the members agree with
-    single solves to the tolerance."""
+    """A swept (traced) β with ``unknowns="entry"``: one velocity per factor entry, which at
+    β = 0 is the same flow as the per-coordinate solve that a concrete β = 0 gets; every
+    member agrees with its single solve to the tolerance."""
     loss = small_regression(seed=6, n=5, d=8)
     model = mf.SignedDeepDiagonal.scaled(0.3, depth=3, dim=8)
+    per_entry = mf.SignFlowKvaerno3(rtol=1e-10, atol=1e-12, unknowns="entry")
 
-    def endpoint(beta):
+    def endpoint(beta, solver=TIGHT_SOLVER):
         flow = mf.SteepestFlow(mf.Lp(1.0, 1e-3), coupled_wd=beta)
-        sol = mf.solve_flow(flow, model, loss, 5.0, solver=TIGHT_SOLVER, stepsize_controller=TIGHT)
+        sol = mf.solve_flow(flow, model, loss, 5.0, solver=solver, stepsize_controller=TIGHT)
         return sol.x[-1], sol.ok
 
     betas = (0.0, 0.02)
-    batched, batched_ok = jax.jit(jax.vmap(endpoint))(jnp.array(betas))
+    batched, batched_ok = jax.jit(jax.vmap(lambda b: endpoint(b, per_entry)))(jnp.array(betas))
     assert bool(batched_ok.all())
     for i, beta in enumerate(betas):
         single, ok = endpoint(beta)
@@ -323,10 +324,16 @@ def test_bad_setup_names_the_problem():
         solve(mf.SteepestFlow(mf.Lp(2.0)))
     with pytest.raises(ValueError, match="geometry.eps"):
         solve(mf.SteepestFlow(mf.Lp(1.0, 0.0)))
-    # β set after construction: the flow was built as one without coupled decay.
-    late = eqx.tree_at(lambda f: f.coupled_wd, mf.SteepestFlow(mf.Lp(1.0, 1e-3)), 0.1)
-    with pytest.raises(Exception, match="coupled_wd must be given to SteepestFlow"):
-        solve(late)
+    coupled = mf.SteepestFlow(mf.Lp(1.0, 1e-3), coupled_wd=0.1)
+    with pytest.raises(ValueError, match="coupled_wd 0 with unknowns='coordinate'"):
+        mf.solve_flow(coupled, model, loss, 1.0, solver=mf.SignFlowKvaerno3(unknowns="coordinate"))
+    # A traced β cannot choose the unknowns: "auto" takes one velocity per coordinate and a
+    # non-zero β stops the solve at run time, naming the fix.
+    traced = jax.jit(lambda beta: solve(mf.SteepestFlow(mf.Lp(1.0, 1e-3), coupled_wd=beta)).x)
+    with pytest.raises(Exception, match="unknowns='entry'"):
+        traced(0.1)
+    with pytest.raises(ValueError, match="unknowns"):
+        mf.SignFlowKvaerno3(unknowns="factor")
     with pytest.raises(ValueError, match="AbstractReparam"):
         solve(mf.SteepestFlow(mf.Lp(1.0, 1e-3), smoothing_at="naive"), params=jnp.ones(5))
     with pytest.raises(ValueError, match="newton_tol"):
