@@ -200,27 +200,30 @@ def test_unbalanced_crossing_is_not_parked():
     assert np.max(np.abs(np.asarray(runs[0].x - runs[1].x))) <= 1e-8
 
 
-def test_leaves_the_origin_like_a_vanishing_init():
+@pytest.mark.parametrize("depth, beta", [(2, 0.0), (3, 0.0), (2, 0.3), (3, 0.3)])
+def test_leaves_the_origin_like_a_vanishing_init(depth, beta):
     """All factors 0 is an equilibrium of the field (∂x/∂w = 0); the solver continues it as the
-    limit of the balanced init α → 0, which the sign flow leaves in time O(α) (PAPER.md §5):
-    from α = 0 it ends within 1e-4 of the solve from α = 1e-6 (odd and even depth)."""
+    limit of the balanced init α → 0: from α = 0 it ends within 1e-4 of the solve from
+    α = 1e-6. Without decay the sign flow leaves in time O(α) (PAPER.md §5); with coupled
+    decay β at depth 2 a part leaves where |∇f| > β, and at depth 3 the decay term
+    β·w_i/|∂x/∂w_i| ~ β/α wins and x stays at 0."""
     loss = small_regression(seed=1, n=5, d=8, k=2)
-    flow = mf.SteepestFlow(mf.Lp(1.0, 1e-2))
-    for depth in (2, 3):
-        ends = [
-            mf.solve_flow(
-                flow,
-                mf.SignedDeepDiagonal.scaled(alpha, depth=depth, dim=8),
-                loss,
-                2.0,
-                solver=TIGHT_SOLVER,
-                stepsize_controller=TIGHT,
-            )
-            for alpha in (0.0, 1e-6)
-        ]
-        assert all(bool(end.ok) for end in ends)
-        assert float(jnp.max(jnp.abs(ends[0].x[-1]))) > 0.1
-        assert np.max(np.abs(np.asarray(ends[0].x[-1] - ends[1].x[-1]))) <= 1e-4
+    flow = mf.SteepestFlow(mf.Lp(1.0, 1e-2), coupled_wd=beta)
+    ends = [
+        mf.solve_flow(
+            flow,
+            mf.SignedDeepDiagonal.scaled(alpha, depth=depth, dim=8),
+            loss,
+            2.0,
+            solver=TIGHT_SOLVER,
+            stepsize_controller=TIGHT,
+        )
+        for alpha in (0.0, 1e-6)
+    ]
+    assert all(bool(end.ok) for end in ends)
+    size = float(jnp.max(jnp.abs(ends[0].x[-1])))
+    assert size == 0.0 if (depth, beta) == (3, 0.3) else size > 0.1
+    assert np.max(np.abs(np.asarray(ends[0].x[-1] - ends[1].x[-1]))) <= 1e-4
 
 
 def test_is_third_order():
