@@ -218,11 +218,12 @@ def _entry_stage(start, base, u, step, point, velocity_at, signs_of):
     velocity there, −φ^ε((∂F/∂w_i)/|∂x/∂w_i|) = ``-velocity_at(rows)``, points along s (at
     depth 2, where β·w_i/|∂x/∂w_i| stays ±β, when |∇f| exceeds β; deeper, the decay term
     wins near 0 and the part stays). An entry is parked when the base or the guess's stage
-    point (``point(u)``, a = ``step``) lies across 0 from its value at the step's ``start`` and the
-    velocity there points back: the decay holds a collapsing part at 0, where β·w_i/|∂x/∂w_i|
-    jumps from +∞ to −∞. Parking is consistent if the velocity on the base's side can carry
-    the base to 0 within the stage (the selection −B/a lies between the two sides'
-    velocities). The checks run only when some entry rests or crosses."""
+    point (``point(u)``) lies across 0 from its value at the step's ``start`` and the
+    velocity there points back: the decay holds a collapsing part at 0, where
+    β·w_i/|∂x/∂w_i| jumps from +∞ to −∞. Parking is consistent if the velocity on the base's
+    side can carry the base to 0 within the stage, of length a = ``step`` (the selection −B/a
+    then lies between the two sides' velocities). The checks run only when some entry rests
+    or crosses."""
     u = _restart_guess(base, u, velocity_at, signs_of)
     predicted = point(u)
     side = jnp.sign(start)
@@ -241,10 +242,11 @@ def _entry_stage(start, base, u, step, point, velocity_at, signs_of):
 
 class _Stage(eqx.Module):
     """Stage i's equation Z = s·(B − a·σ·u), u = φ^ε(∇f(x(Z))), with s = 1/(1 + a·α); per
-    entry (naive smoothing) σ = 1 and u = φ^ε(∇_w F(Z)) has one entry per factor entry."""
+    entry σ = 1 and u = φ^ε(`_entry_argument`(Z)) has one entry per factor entry. A parked
+    entry has B = σ = 0 (Z = 0 whatever u)."""
 
     base: jax.Array  # B, (R, d)
-    sign: jax.Array  # σ = sign(∂x/∂w) at B, (R, d); ones per entry
+    sign: jax.Array  # σ = sign(∂x/∂w) at B, (R, d); ones per entry; 0 where parked
     step: jax.Array  # a = γh
     shrink: jax.Array  # s
 
@@ -309,9 +311,8 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
 
     Needs a `SteepestFlow` with geometry ``Lp(1, eps)``, ε > 0, a separable toolkit model and
     a loss with ``hessian_factor``, inside `solve_flow`; decoupled decay (constant or
-    scheduled) and coupled decay with either smoothing (β given to `SteepestFlow`, not set
-    afterwards with ``eqx.tree_at``: that raises at run time). Anything else raises a
-    ValueError that names `Rodas4` as the alternative.
+    scheduled) and coupled decay with either smoothing (a swept β: see ``unknowns``).
+    Anything else raises a ValueError that names `Rodas4` as the alternative.
 
     **Fields:** ``rtol``, ``atol`` the tolerances the Newton test is relative to (match the
     step-size controller's; defaults are `solve_flow`'s); ``newton_tol`` in (0, 1];
