@@ -110,19 +110,24 @@ def _forward_euler(flow, model, loss, ts, step=1e-5):
     return every[np.rint(np.asarray(ts) / 0.1).astype(int) - 1]
 
 
-@pytest.mark.parametrize("depth, beta", [(2, 0.0), (4, 0.0), (2, 0.05), (3, 0.05)])
-def test_collapse_matches_forward_euler(depth, beta):
+@pytest.mark.parametrize(
+    "depth, beta, unknowns",
+    [(2, 0.0, "auto"), (4, 0.0, "auto"), (4, 0.0, "entry"), (2, 0.05, "auto"), (3, 0.05, "auto")],
+)
+def test_collapse_matches_forward_euler(depth, beta, unknowns):
     """From the balanced init the factors of a shrinking part reach 0 together; at even depth
     sign(∂x/∂w) flips with them, and with coupled decay β the term β·w_i/|∂x/∂w_i| does at
     any depth: a Filippov sliding point of the structure-preserving flow, at which `Rodas4`
-    stalls. The solver parks them at 0 and restarts them when the velocity turns; forward
-    Euler (step 1e-5, O(step) error) on the same field follows the same path."""
+    stalls. The solver parks them at 0 and restarts them when the velocity turns (one
+    velocity per coordinate, or per entry as with β > 0); forward Euler (step 1e-5, O(step)
+    error) on the same field follows the same path."""
     loss = small_regression(seed=1, n=5, d=8, k=2)
     model = mf.SignedDeepDiagonal.scaled(0.3, depth=depth, dim=8)
     flow = mf.SteepestFlow(mf.Lp(1.0, 1e-2), coupled_wd=beta)
     ts = jnp.linspace(0.1, 3.0, 30)
+    solver = mf.SignFlowKvaerno3(rtol=1e-10, atol=1e-12, unknowns=unknowns)
     sol = mf.solve_flow(
-        flow, model, loss, 3.0, saveat=ts, solver=TIGHT_SOLVER, stepsize_controller=TIGHT
+        flow, model, loss, 3.0, saveat=ts, solver=solver, stepsize_controller=TIGHT
     )
     assert bool(sol.ok)
     # (time, part, coordinate): every factor of the part at 0
