@@ -31,6 +31,12 @@ EXPECTED = {
         "eps = 1e-04",
     ],
     "layer_transitions.py": ["eps = 1e-03:", "eps = 1e-06:", "ok True", "layer entries"],
+    "collapsing_factors.py": [
+        "depth 2, no decay, Rodas4: ok False",
+        "depth 2, no decay, SignFlowKvaerno3: ok True",
+        "coupled decay 1e-2, Rodas4: ok False",
+        "coupled decay 1e-2, SignFlowKvaerno3: ok True",
+    ],
 }
 IGNORED_ARGUMENTS = {"self", "args", "kwargs"}
 # What every docstring example may assume; it imports anything else it needs itself.
