@@ -18,7 +18,7 @@ factors (block diagonal plus rank r, `BlockLowRankOperator`) and a Woodbury solv
 
 Where the structure-preserving flow is discontinuous (sign(∂x/∂w_i) is kept exact) factors can
 collapse to 0 at a Filippov sliding point; the stages park them there and restart a resting
-part when its velocity turns (`_stage_signs`, `_entry_stage`).
+part when its velocity turns (`_sliding`).
 """
 
 import dataclasses
@@ -35,6 +35,7 @@ from ._flow import FlowArgs, SteepestFlow
 from ._linear import BlockLowRankOperator, woodbury_solve
 from ._models import AbstractReparam
 from ._rosenbrock import _rows, _unrows, linearized_rows
+from ._sliding import entry_stage, restart_guess, resting_signs, stage_signs
 from ._validate import check_choice, check_int, check_range, is_concrete
 
 UNKNOWNS = ("auto", "coordinate", "entry")
@@ -50,9 +51,6 @@ _B_ERROR = np.asarray(_TABLEAU.b_error)
 # The per-entry argument where ∂x/∂w_i = 0 (the structure-preserving smoothing's scale ε|P_i|
 # vanishes): far beyond any ε, so φ^ε gives the sign.
 _UNBOUNDED = 1e30
-# The size of the factors from which a part resting at 0 restarts, per entry: the limit of a
-# vanishing balanced part, small enough not to show in x at any tolerance.
-_SEED = 1e-30
 
 
 def _check_setup(flow, params, loss, unknowns="auto") -> None:
@@ -148,96 +146,6 @@ def _checked(state, flow: SteepestFlow, per_entry: bool):
             "SignFlowKvaerno3(unknowns='entry')"
         )
     return eqx.error_if(state, invalid, message)
-
-
-def _resting_signs(base, sign, u, signs_of):
-    """``sign`` (the sign of ∂x/∂w_i at ``base``), with the sign for entries of a part resting
-    at 0 (w_i = 0 and ∂x/∂w_i = 0: every factor of the part is 0) that grow again under the
-    velocity u. Such a part restarts with its factors equal in size and of one sign s = ±1,
-    the limit of the balanced start from factors s·α as α → 0 (the sign flow leaves it in
-    time O(α), PAPER.md §5); ``signs_of(rows)`` gives sign(∂x/∂w) at factor rows. It grows
-    when the velocity −sign(∂x/∂w_i)·u_j under that pattern points along s; a part that
-    cannot (an even-depth product whose sign u opposes) stays at rest."""
-    resting = (base == 0) & (sign == 0)
-    for pattern in (1.0, -1.0):
-        trial = signs_of(jnp.where(resting, pattern, base))
-        grows = resting & (sign == 0) & (-trial * u * pattern > 0)
-        sign = jnp.where(grows, trial, sign)
-    return sign
-
-
-def _stage_signs(base, u, point, signs_of):
-    """The signs σ of a stage from ``base`` (velocity −σ·u) and the entries it parks at 0.
-
-    σ is the sign of ∂x/∂w at the base, or `_resting_signs`' for a part resting at 0. An
-    entry is parked when the velocity carries it across 0 (``point(σ)``, the stage point for
-    the guess u, lies on the other side) and the sign of its own ∂x/∂w_i flips there, so that
-    it would move back: both sides push it to 0, a Filippov sliding point (the balanced
-    factors of a coordinate at even depth, or u in u⊙u, reaching 0 together), where the
-    flow's own velocity is 0 (∂x/∂w_i vanishes with the other factors of the part). The
-    checks that need more than the base's signs run only when some entry rests or crosses."""
-    sign = signs_of(base)
-    sign = jax.lax.cond(
-        jnp.any((base == 0) & (sign == 0)),
-        lambda: _resting_signs(base, sign, u, signs_of),
-        lambda: sign,
-    )
-    predicted = point(sign)
-    crosses = (sign != 0) & (base != 0) & (jnp.sign(predicted) == -jnp.sign(base))
-    parked = jax.lax.cond(
-        jnp.any(crosses),
-        lambda: crosses & (signs_of(predicted) == -sign),
-        lambda: jnp.zeros_like(crosses),
-    )
-    return sign, parked
-
-
-def _restart_guess(base, u, velocity_at, signs_of):
-    """The guess u with, for entries of a part resting at 0, its restart velocity or 0 (see
-    `_entry_stage`)."""
-    resting = (base == 0) & (signs_of(base) == 0)
-
-    def restart():
-        guess, chosen = jnp.where(resting, 0.0, u), jnp.zeros_like(resting)
-        for pattern in (1.0, -1.0):
-            trial = velocity_at(jnp.where(resting, pattern * _SEED, base))
-            grows = resting & ~chosen & (-trial * pattern > 0)
-            guess, chosen = jnp.where(grows, trial, guess), chosen | grows
-        return guess
-
-    return jax.lax.cond(jnp.any(resting), restart, lambda: u)
-
-
-def _entry_stage(start, base, u, step, point, velocity_at, signs_of):
-    """`_stage_signs` for per-entry unknowns under the structure-preserving smoothing (with
-    coupled decay β): the guess u (for a part resting at 0, its restart velocity or 0; for a
-    parked entry, the velocity on the base's side, which it keeps as the next stage's guess);
-    the parked entries; and whether each parked entry reaches 0 within the stage.
-
-    A resting part restarts from factors of one sign s = ±1 and vanishing size when its
-    velocity there, −φ^ε((∂F/∂w_i)/|∂x/∂w_i|) = ``-velocity_at(rows)``, points along s (at
-    depth 2, where β·w_i/|∂x/∂w_i| stays ±β, when |∇f| exceeds β; deeper, the decay term
-    wins near 0 and the part stays). An entry is parked when the base or the guess's stage
-    point (``point(u)``) lies across 0 from its value at the step's ``start`` and the
-    velocity there points back: the decay holds a collapsing part at 0, where
-    β·w_i/|∂x/∂w_i| jumps from +∞ to −∞. Parking is consistent if the velocity on the base's
-    side can carry the base to 0 within the stage, of length a = ``step`` (the selection −B/a
-    then lies between the two sides' velocities). The checks run only when some entry rests
-    or crosses."""
-    u = _restart_guess(base, u, velocity_at, signs_of)
-    predicted = point(u)
-    side = jnp.sign(start)
-    crosses = (side != 0) & ((jnp.sign(base) == -side) | (jnp.sign(predicted) == -side))
-
-    def park():
-        beyond = velocity_at(jnp.where(jnp.sign(predicted) == -side, predicted, base))
-        parked = crosses & (beyond * u < 0)
-        near = jnp.where(jnp.sign(base) == -side, beyond, u)  # the velocity on the base's side
-        reaches = (base * near >= 0) & (jnp.abs(base) <= step * jnp.abs(near))
-        return jnp.where(parked, near, u), parked, parked & reaches
-
-    nothing = jnp.zeros_like(crosses)
-    return jax.lax.cond(jnp.any(crosses), park, lambda: (u, nothing, nothing))
 
 
 class _Stage(eqx.Module):
@@ -529,22 +437,22 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
         def velocity_at(rows):
             return flow.geometry.map(_gradient(flow, _unrows(rows, y0), args.loss, True))
 
-        def entry_stage(base, u, shrink):
+        def stage_of_entries(base, u, shrink):
             def point(u):
                 return _Stage(base, jnp.ones_like(base), step, shrink).point(u)
 
-            return _entry_stage(w0, base, u, step, point, velocity_at, signs_of)
+            return entry_stage(w0, base, u, step, point, velocity_at, signs_of)
 
         if per_entry and parking:
             # A resting part that grows again from t0 on moves from the first stage.
-            guess = _restart_guess(w0, u0, velocity_at, signs_of)
+            guess = restart_guess(w0, u0, velocity_at, signs_of)
             field0 = jnp.where(guess == u0, field0, -guess)
         elif not per_entry:
 
             def restart():
                 # A part resting at 0 that grows again from t0 on moves from the first stage.
                 sign = signs_of(w0)
-                moving = _resting_signs(w0, sign, u0, signs_of)
+                moving = resting_signs(w0, sign, u0, signs_of)
                 return jnp.where(moving == sign, field0, -moving * u0)
 
             field0 = jax.lax.cond(jnp.any(w0 == 0), restart, lambda: field0)
@@ -556,14 +464,14 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             t = t0 + times[i] * h
             shrink = 1 / (1 + step * flow.decay_rate(t))
             if per_entry and parking:
-                guess, parked, reaches = entry_stage(base, u, shrink)
+                guess, parked, reaches = stage_of_entries(base, u, shrink)
                 u = guess
                 sign = jnp.ones_like(base)
             elif per_entry:
                 sign = jnp.ones_like(base)
                 parked = jnp.zeros(base.shape, bool)
             else:
-                sign, parked = _stage_signs(
+                sign, parked = stage_signs(
                     base, u, lambda sign: _Stage(base, sign, step, shrink).point(u), signs_of
                 )
             equation = _Stage(
