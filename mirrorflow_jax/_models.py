@@ -44,6 +44,12 @@ class AbstractReparam(eqx.Module):
         (jac,) = pullback(jnp.ones_like(x))
         return jac
 
+    def padding(self) -> "AbstractReparam":
+        """A model-shaped PyTree of booleans, True for padding entries: stored zeros that the
+        model reads as unit factors, which every flow keeps in place (`PaddedDeepDiagonal`).
+        None by default."""
+        return jax.tree.map(lambda leaf: jnp.zeros(jnp.shape(leaf), bool), self)
+
 
 def _check_stacks(depth_name: str, **stacks):
     """Raise ValueError unless the factor stacks share one shape (depth, dim), depth ≥ 1, and
@@ -265,6 +271,15 @@ def _padded_depth(*stacks: Factors) -> Array:
     return jnp.max(jnp.where(nonzero, rows, 1))
 
 
+def _padding_rows(model: AbstractReparam, depth: Array) -> AbstractReparam:
+    """``model.padding()`` for a padded model: its rows at and after ``depth``."""
+
+    def rows(stack):
+        return jnp.broadcast_to(jnp.arange(stack.shape[0])[:, None] >= depth, stack.shape)
+
+    return jax.tree.map(rows, model)
+
+
 def _unit_padding(factors: Factors, depth: Array) -> Factors:
     """``factors`` with the rows at and after ``depth`` read as unit factors."""
     real = jnp.arange(factors.shape[0])[:, None] < depth
@@ -356,6 +371,10 @@ class PaddedDeepDiagonal(AbstractReparam):
     def __call__(self) -> Vector:
         return _product(_unit_padding(self.factors, self.depth))
 
+    def padding(self) -> "PaddedDeepDiagonal":
+        """True on the padding rows (at and after ``depth``)."""
+        return _padding_rows(self, self.depth)
+
     def balance(self, q: ScalarLike) -> Array:
         """|w_i|^q − |w_1|^q, shape (max_depth − 1, dim); NaN on padding rows."""
         return _padded_balance(self.factors, self.depth, q)
@@ -399,6 +418,10 @@ class PaddedSignedDeepDiagonal(AbstractReparam):
         depth = self.depth
         u, v = _unit_padding(self.u, depth), _unit_padding(self.v, depth)
         return _product(u) - _product(v)
+
+    def padding(self) -> "PaddedSignedDeepDiagonal":
+        """True on the padding rows of u and v (at and after ``depth``)."""
+        return _padding_rows(self, self.depth)
 
     def balance(self, q: ScalarLike) -> Array:
         """Balance of u and v stacked, shape (2, max_depth − 1, dim); NaN on padding rows."""

@@ -434,6 +434,8 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
         def signs_of(rows):
             return jnp.sign(_rows(_unrows(rows, y0).factor_jacobian(), dim))
 
+        fixed = _rows(y0.padding(), dim)
+
         def velocity_at(rows):
             return flow.geometry.map(_gradient(flow, _unrows(rows, y0), args.loss, True))
 
@@ -441,18 +443,18 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             def point(u):
                 return _Stage(base, jnp.ones_like(base), step, shrink).point(u)
 
-            return entry_stage(w0, base, u, step, point, velocity_at, signs_of)
+            return entry_stage(w0, base, u, step, point, velocity_at, signs_of, fixed)
 
         if per_entry and parking:
             # A resting part that grows again from t0 on moves from the first stage.
-            guess = restart_guess(w0, u0, velocity_at, signs_of)
+            guess = restart_guess(w0, u0, velocity_at, signs_of, fixed)
             field0 = jnp.where(guess == u0, field0, -guess)
         elif not per_entry:
 
             def restart():
                 # A part resting at 0 that grows again from t0 on moves from the first stage.
                 sign = signs_of(w0)
-                moving = resting_signs(w0, sign, u0, signs_of)
+                moving = resting_signs(w0, sign, u0, signs_of, fixed)
                 return jnp.where(moving == sign, field0, -moving * u0)
 
             field0 = jax.lax.cond(jnp.any(w0 == 0), restart, lambda: field0)
@@ -471,9 +473,11 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
                 sign = jnp.ones_like(base)
                 parked = jnp.zeros(base.shape, bool)
             else:
-                sign, parked = stage_signs(
-                    base, u, lambda sign: _Stage(base, sign, step, shrink).point(u), signs_of
-                )
+
+                def point(sign):
+                    return _Stage(base, sign, step, shrink).point(u)
+
+                sign, parked = stage_signs(base, u, point, signs_of, fixed)
             equation = _Stage(
                 jnp.where(parked, 0.0, base), jnp.where(parked, 0.0, sign), step, shrink
             )

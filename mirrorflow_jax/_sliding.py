@@ -10,7 +10,8 @@ steps without end. A stage instead parks such entries at 0 (where the field's ow
 the limit of the balanced init α → 0. `stage_signs` does this for one velocity per coordinate,
 `entry_stage` (with `restart_guess`) for one per factor entry. ``signs_of(rows)`` gives
 sign(∂x/∂w) at factor rows, ``velocity_at(rows)`` the per-entry velocity map
-φ^ε((∂F/∂w_i)/|∂x/∂w_i|) there.
+φ^ε((∂F/∂w_i)/|∂x/∂w_i|) there, and ``fixed`` marks padding entries
+(`AbstractReparam.padding`), which are 0 with ∂x/∂w_i = 0 too but are never a resting part.
 """
 
 import jax
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 _SEED = 1e-30
 
 
-def resting_signs(base, sign, u, signs_of):
+def resting_signs(base, sign, u, signs_of, fixed):
     """``sign`` (the sign of ∂x/∂w_i at ``base``), with the sign for entries of a part resting
     at 0 (w_i = 0 and ∂x/∂w_i = 0: every factor of the part is 0) that grow again under the
     velocity u. Such a part restarts with its factors equal in size and of one sign s = ±1,
@@ -29,7 +30,7 @@ def resting_signs(base, sign, u, signs_of):
     time O(α), PAPER.md §5); ``signs_of(rows)`` gives sign(∂x/∂w) at factor rows. It grows
     when the velocity −sign(∂x/∂w_i)·u_j under that pattern points along s; a part that
     cannot (an even-depth product whose sign u opposes) stays at rest."""
-    resting = (base == 0) & (sign == 0)
+    resting = (base == 0) & (sign == 0) & ~fixed
     for pattern in (1.0, -1.0):
         trial = signs_of(jnp.where(resting, pattern, base))
         grows = resting & (sign == 0) & (-trial * u * pattern > 0)
@@ -37,7 +38,7 @@ def resting_signs(base, sign, u, signs_of):
     return sign
 
 
-def stage_signs(base, u, point, signs_of):
+def stage_signs(base, u, point, signs_of, fixed):
     """The signs σ of a stage from ``base`` (velocity −σ·u) and the entries it parks at 0.
 
     σ is the sign of ∂x/∂w at the base, or `resting_signs`' for a part resting at 0. An
@@ -49,8 +50,8 @@ def stage_signs(base, u, point, signs_of):
     checks that need more than the base's signs run only when some entry rests or crosses."""
     sign = signs_of(base)
     sign = jax.lax.cond(
-        jnp.any((base == 0) & (sign == 0)),
-        lambda: resting_signs(base, sign, u, signs_of),
+        jnp.any((base == 0) & (sign == 0) & ~fixed),
+        lambda: resting_signs(base, sign, u, signs_of, fixed),
         lambda: sign,
     )
     predicted = point(sign)
@@ -63,10 +64,10 @@ def stage_signs(base, u, point, signs_of):
     return sign, parked
 
 
-def restart_guess(base, u, velocity_at, signs_of):
+def restart_guess(base, u, velocity_at, signs_of, fixed):
     """The guess u with, for entries of a part resting at 0, its restart velocity or 0 (see
     `entry_stage`)."""
-    resting = (base == 0) & (signs_of(base) == 0)
+    resting = (base == 0) & (signs_of(base) == 0) & ~fixed
 
     def restart():
         guess, chosen = jnp.where(resting, 0.0, u), jnp.zeros_like(resting)
@@ -79,7 +80,7 @@ def restart_guess(base, u, velocity_at, signs_of):
     return jax.lax.cond(jnp.any(resting), restart, lambda: u)
 
 
-def entry_stage(start, base, u, step, point, velocity_at, signs_of):
+def entry_stage(start, base, u, step, point, velocity_at, signs_of, fixed):
     """`stage_signs` for per-entry unknowns under the structure-preserving smoothing (with
     coupled decay β): the guess u (for a part resting at 0, its restart velocity or 0; for a
     parked entry, the velocity on the base's side, which it keeps as the next stage's guess);
@@ -95,7 +96,7 @@ def entry_stage(start, base, u, step, point, velocity_at, signs_of):
     side can carry the base to 0 within the stage, of length a = ``step`` (the selection −B/a
     then lies between the two sides' velocities). The checks run only when some entry rests
     or crosses."""
-    u = restart_guess(base, u, velocity_at, signs_of)
+    u = restart_guess(base, u, velocity_at, signs_of, fixed)
     predicted = point(u)
     side = jnp.sign(start)
     crosses = (side != 0) & ((jnp.sign(base) == -side) | (jnp.sign(predicted) == -side))

@@ -83,3 +83,20 @@ def test_random_init_is_seeded():
 def test_scaled_init_is_differentiable_in_alpha():
     dx = jax.grad(lambda a: mf.DeepDiagonal.scaled(a, depth=3, dim=1)()[0])(0.5)
     np.testing.assert_allclose(dx, 3 * 0.5**2)
+
+
+def test_padding_marks_the_padding_rows():
+    """`padding()` is True exactly on the rows a padded model reads as unit factors (a traced
+    depth too), and False everywhere for unpadded models."""
+    deep = mf.SignedDeepDiagonal.scaled(0.5, depth=4, dim=3)
+    assert not any(bool(leaf.any()) for leaf in jax.tree.leaves(deep.padding()))
+    expected = np.arange(4)[:, None] >= 2
+    padded = mf.PaddedSignedDeepDiagonal.truncated(deep, 2)
+    for rows in (padded.padding().u, padded.padding().v):
+        np.testing.assert_array_equal(rows, np.broadcast_to(expected, (4, 3)))
+    traced = jax.jit(
+        lambda d: mf.PaddedDeepDiagonal.truncated(mf.DeepDiagonal(deep.u), d).padding()
+    )
+    np.testing.assert_array_equal(
+        traced(3).factors, np.broadcast_to(np.arange(4)[:, None] >= 3, (4, 3))
+    )

@@ -187,6 +187,25 @@ def test_vmap_over_coupled_decay_equals_single_solves():
         np.testing.assert_allclose(batched[i], single, rtol=1e-8, atol=1e-9)
 
 
+@pytest.mark.parametrize("depth, beta", [(2, 0.0), (3, 0.0), (3, 0.05)])
+def test_padded_model_equals_unpadded(depth, beta):
+    """A depth-L model padded to depth 4 (a sweep over depth) takes the same path as the
+    unpadded one: its padding rows (zeros with ∂x/∂w = 0, like a part resting at 0) are never
+    restarted, parked or moved."""
+    loss = small_regression(seed=1, n=5, d=8, k=2)
+    flow = mf.SteepestFlow(mf.Lp(1.0, 1e-2), coupled_wd=beta)
+    plain = mf.SignedDeepDiagonal.scaled(0.3, depth=depth, dim=8)
+    deep = mf.SignedDeepDiagonal.scaled(0.3, depth=4, dim=8)
+    padded = mf.PaddedSignedDeepDiagonal.truncated(deep, depth)
+    runs = [
+        mf.solve_flow(flow, model, loss, 3.0, solver=TIGHT_SOLVER, stepsize_controller=TIGHT)
+        for model in (plain, padded)
+    ]
+    assert all(bool(run.ok) for run in runs)
+    assert np.all(np.asarray(runs[1].params.u[-1, depth:]) == 0)
+    assert np.max(np.abs(np.asarray(runs[0].x[-1] - runs[1].x[-1]))) <= 1e-9
+
+
 def test_unbalanced_crossing_is_not_parked():
     """5% off balance, the factors of a part cross 0 one after the other (transversally):
     nothing is parked, and the solve agrees with `Rodas4` at tight tolerances."""
