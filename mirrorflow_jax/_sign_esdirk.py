@@ -457,7 +457,7 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
                 moving = resting_signs(w0, sign, u0, signs_of, fixed)
                 return jnp.where(moving == sign, field0, -moving * u0)
 
-            field0 = jax.lax.cond(jnp.any(w0 == 0), restart, lambda: field0)
+            field0 = jax.lax.cond(jnp.any((w0 == 0) & ~fixed), restart, lambda: field0)
         fields = jnp.zeros((_STAGES, *w0.shape), dtype).at[0].set(field0)
 
         def stage(i, carry):
