@@ -142,6 +142,39 @@ def test_collapse_matches_forward_euler(depth, beta, unknowns):
     assert np.max(np.abs(np.asarray(sol.x) - reference)) <= 1e-4
 
 
+@pytest.mark.parametrize("depth", [2, 4])
+def test_collapse_continuation_is_the_limit_of_sign_descent(depth):
+    """Discrete sign descent (ε = 0) from the balanced init keeps equal factors equal through
+    the collapse: as η shrinks its iterates at t = η·k approach the solver's ε = 1e-6 path
+    (measured max |Δx| 2.0e-2 / 2.1e-3 at depth 2 and 7.5e-2 / 2.5e-3 at depth 4, for
+    η = 1e-3 / 1e-4)."""
+    loss = small_regression(seed=1, n=5, d=8, k=2)
+    model = mf.SignedDeepDiagonal.scaled(0.3, depth=depth, dim=8)
+    ts = jnp.array([0.5, 1.0, 2.0, 3.0])
+    sol = mf.solve_flow(
+        mf.SteepestFlow(mf.Lp(1.0, 1e-6)),
+        model,
+        loss,
+        3.0,
+        saveat=ts,
+        solver=TIGHT_SOLVER,
+        stepsize_controller=TIGHT,
+        max_steps=200_000,
+    )
+    assert bool(sol.ok)
+
+    def gap(eta):
+        steps = [round(float(t) / eta) for t in ts]
+        run = mf.run_optimizer(
+            mf.steepest_descent(eta, q=1.0), model, loss, steps[-1], save_steps=steps
+        )
+        return float(np.max(np.abs(np.asarray(run.x) - np.asarray(sol.x))))
+
+    coarse, fine = gap(1e-3), gap(1e-4)
+    assert fine <= 5e-3
+    assert fine <= coarse / 5
+
+
 @pytest.mark.parametrize("kind", ["signed", "deep"])
 def test_coupled_decay_structured_matches_forward_euler(kind):
     """Coupled decay with the structure-preserving placement (one velocity per factor entry)
