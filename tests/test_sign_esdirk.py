@@ -142,6 +142,23 @@ def test_collapse_matches_forward_euler(depth, beta, unknowns):
     assert np.max(np.abs(np.asarray(sol.x) - reference)) <= 1e-4
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.05])
+def test_square_diff_collapse_matches_forward_euler(beta):
+    """x = u⊙u − v⊙v: ∂x/∂u = 2u flips with u itself, so a shrinking u reaches 0 and is held
+    there (without decay as with it); the solver parks it, as forward Euler does."""
+    loss = small_regression(seed=1, n=5, d=8, k=2)
+    model = mf.SquareDiff.scaled(0.3, dim=8)
+    flow = mf.SteepestFlow(mf.Lp(1.0, 1e-2), coupled_wd=beta)
+    ts = jnp.linspace(0.1, 3.0, 30)
+    sol = mf.solve_flow(
+        flow, model, loss, 3.0, saveat=ts, solver=TIGHT_SOLVER, stepsize_controller=TIGHT
+    )
+    assert bool(sol.ok)
+    factors = np.concatenate([np.asarray(sol.params.u), np.asarray(sol.params.v)], axis=1)
+    assert np.any(factors == 0), "no factor parked: the test does not exercise parking"
+    assert np.max(np.abs(np.asarray(sol.x) - _forward_euler(flow, model, loss, ts))) <= 1e-4
+
+
 @pytest.mark.parametrize("depth", [2, 4])
 def test_collapse_continuation_is_the_limit_of_sign_descent(depth):
     """Discrete sign descent (ε = 0) from the balanced init keeps equal factors equal through
