@@ -373,23 +373,24 @@ def test_reverse_mode_gradient_matches_finite_differences(placement):
     np.testing.assert_allclose(gradient, finite_difference, rtol=1e-6)
 
 
-def test_reverse_mode_gradient_through_collapses():
-    """jax.grad through a solve in which coupled decay parks parts at 0 (from t ≈ 0.3) equals
-    central finite differences of the loss at t = 0.6 in the init scale."""
+@pytest.mark.parametrize("depth, beta, t1", [(2, 0.0, 0.35), (3, 0.05, 0.6)])
+def test_reverse_mode_gradient_through_collapses(depth, beta, t1):
+    """jax.grad through a solve in which parts are parked at 0 (from t ≈ 0.3: at depth 2 by
+    the sign flip of ∂x/∂w, at depth 3 by coupled decay) equals central finite differences of
+    the loss at t1 in the init scale."""
     loss = small_regression(seed=1, n=5, d=8, k=2)
-    flow = mf.SteepestFlow(mf.Lp(1.0, 1e-2), coupled_wd=0.05)
+    flow = mf.SteepestFlow(mf.Lp(1.0, 1e-2), coupled_wd=beta)
 
     def solve(scale):
-        model = mf.SignedDeepDiagonal.scaled(0.3 * scale, depth=3, dim=8)
-        return mf.solve_flow(
-            flow, model, loss, 0.6, solver=TIGHT_SOLVER, stepsize_controller=TIGHT
-        )
+        model = mf.SignedDeepDiagonal.scaled(0.3 * scale, depth=depth, dim=8)
+        return mf.solve_flow(flow, model, loss, t1, solver=TIGHT_SOLVER, stepsize_controller=TIGHT)
 
     def final_loss(scale):
         return solve(scale).loss[-1]
 
-    parts = solve(1.0).params
-    assert np.any(np.all(np.asarray(parts.u[-1]) == 0, axis=0)), "no part parked by t = 0.6"
+    end = solve(1.0).params
+    parked = [np.all(np.asarray(part[-1]) == 0, axis=0) for part in (end.u, end.v)]
+    assert np.any(parked), f"no part parked by t = {t1}"
     gradient = jax.grad(final_loss)(1.0)
     step = 1e-5
     finite_difference = (final_loss(1.0 + step) - final_loss(1.0 - step)) / (2 * step)
