@@ -207,6 +207,11 @@ class Rodas4(diffrax.AbstractAdaptiveSolver):
     ``residual_tol`` (a near-singular block or capacitance matrix; all six stages share that
     factorization), or the step is not finite, the step is rejected and the controller
     retries with a smaller h.
+
+    It follows the field as given: where the structure-preserving sign flow's factors collapse
+    to 0 together (a shrinking part at even depth from a balanced init, or a part held at 0 by
+    coupled decay) the field is discontinuous and the steps shrink without end; use
+    `SignFlowKvaerno3` there (docs/smoothing.md).
     """
 
     structure: str = eqx.field(static=True, default="auto")
