@@ -35,7 +35,7 @@ from ._flow import FlowArgs, SteepestFlow
 from ._linear import BlockLowRankOperator, woodbury_solve
 from ._models import AbstractReparam
 from ._rosenbrock import _rows, _unrows, linearized_rows
-from ._sliding import entry_stage, restart_guess, resting_signs, stage_signs
+from ._sliding import entry_stage, stage_signs
 from ._validate import check_choice, check_int, check_range, is_concrete
 
 UNKNOWNS = ("auto", "coordinate", "entry")
@@ -445,19 +445,6 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
 
             return entry_stage(w0, base, u, step, point, velocity_at, signs_of, fixed)
 
-        if per_entry and parking:
-            # A resting part that grows again from t0 on moves from the first stage.
-            guess = restart_guess(w0, u0, velocity_at, signs_of, fixed)
-            field0 = jnp.where(guess == u0, field0, -guess)
-        elif not per_entry:
-
-            def restart():
-                # A part resting at 0 that grows again from t0 on moves from the first stage.
-                sign = signs_of(w0)
-                moving = resting_signs(w0, sign, u0, signs_of, fixed)
-                return jnp.where(moving == sign, field0, -moving * u0)
-
-            field0 = jax.lax.cond(jnp.any((w0 == 0) & ~fixed), restart, lambda: field0)
         fields = jnp.zeros((_STAGES, *w0.shape), dtype).at[0].set(field0)
 
         def stage(i, carry):
