@@ -67,9 +67,10 @@ def stage_signs(base, u, point, signs_of, fixed):
 def restart_guess(base, u, velocity_at, signs_of, fixed):
     """The guess u with, for entries of a part resting at 0, its restart velocity or 0 (see
     `entry_stage`)."""
-    resting = (base == 0) & (signs_of(base) == 0) & ~fixed
+    zero = (base == 0) & ~fixed
 
     def restart():
+        resting = zero & (signs_of(base) == 0)
         guess, chosen = jnp.where(resting, 0.0, u), jnp.zeros_like(resting)
         for pattern in (1.0, -1.0):
             trial = velocity_at(jnp.where(resting, pattern * _SEED, base))
@@ -77,7 +78,7 @@ def restart_guess(base, u, velocity_at, signs_of, fixed):
             guess, chosen = jnp.where(grows, trial, guess), chosen | grows
         return guess
 
-    return jax.lax.cond(jnp.any(resting), restart, lambda: u)
+    return jax.lax.cond(jnp.any(zero), restart, lambda: u)
 
 
 def entry_stage(start, base, u, step, point, velocity_at, signs_of, fixed):
