@@ -331,28 +331,32 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             scale = self.atol + self.rtol * jnp.max(jnp.abs(z), axis=0)
             return g, r_u, dphi, rhs - factor @ inner, slope / scale
 
+        parking = flow.smoothing_for(like) == "structured"
+
         def per_entry_step(u, g_guess):
             # (I + s·a·J D) Δg̃ = r_g − s·a·J r_u with J = ∂(∇_w F)/∂w at the iterate (taken
             # once per step instead, its O(h) error times φ^ε' ~ 1/ε failed most Newton
             # solves at ε = 1e-10) and D = diag(φ^ε'(g̃)).
             # With the structure-preserving smoothing J is that of (∂F/∂w_i)/|∂x/∂w_i|, and
-            # a parked or resting entry (σ = 0) does not move with its u.
+            # a parked or resting entry (σ = 0) does not move with its u; with the naive one
+            # σ = 1 throughout (nothing parks) and is left out.
             z = stage.point(u)
             argument = functools.partial(_entry_argument, flow)
             g, jacobian = linearized_rows(argument, _unrows(z, like), loss)
             phi, dphi = jax.jvp(geometry.map, (g_guess,), (jnp.ones_like(g_guess),))
             slope = stage.shrink * stage.step
             r_g, r_u = g - g_guess, phi - u
-            moving = stage.sign * dphi
+            sign = stage.sign if parking else 1.0
+            moving = sign * dphi
             scaled = BlockLowRankOperator(
                 jacobian.blocks * moving.T[:, None, :],
                 jacobian.left,
                 jacobian.right * moving,
                 jacobian.factor,
             )
-            rhs = r_g - slope * jacobian.mv(stage.sign * r_u)
+            rhs = r_g - slope * jacobian.mv(sign * r_u)
             dg = woodbury_solve(scaled.shifted(-slope), rhs)
-            weight = slope * jnp.abs(stage.sign) / (self.atol + self.rtol * jnp.abs(z))
+            weight = slope * jnp.abs(sign) / (self.atol + self.rtol * jnp.abs(z))
             return g, r_u, dphi, dg, weight
 
         linear_step = per_entry_step if per_entry else per_coordinate
