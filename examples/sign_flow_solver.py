@@ -28,7 +28,8 @@ for name, solver in solvers:
     t_end, loss_end = float(sol.ts[-1]), float(sol.loss[-1])
     print(f"{name}: {int(sol.num_steps)} steps, {status}, at t = {t_end:.3g} f = {loss_end:.1e}")
 
-# How far does the endpoint move with ε? (one compiled solve per ε, Rodas4 by default)
+# How far does the endpoint move with ε? (one compiled solve per ε; SignFlowKvaerno3 by
+# default for the sign flow, Rodas4 for other q)
 report = mf.eps_sensitivity(flow, model, problem, 50.0, [1e-2, 1e-3, 1e-4])
 for eps in report.eps.values:
     row = report.sel(eps=eps)

@@ -13,8 +13,9 @@ from ._custom_types import Loss, Params, ScalarLike
 from ._flow import SteepestFlow
 from ._models import AbstractReparam
 from ._rosenbrock import Rodas4
+from ._sign_esdirk import SignFlowKvaerno3
 from ._solve import solve_flow
-from ._validate import as_float, check_range
+from ._validate import as_float, check_range, is_concrete
 
 
 def eps_sensitivity(
@@ -28,9 +29,13 @@ def eps_sensitivity(
     r"""Solve one configuration at several smoothing scales ε and compare the endpoints.
 
     The flow dθ/dt = −φ_q^ε(∇F) − α θ is solved from ``params0`` to ``t1`` once per ε (one
-    compiled ``lax.map`` over ε; `Rodas4` unless ``solver=`` is given, since small ε is
-    stiff; for the sign flow with ε ≲ 1e-7, where `Rodas4` chatters across the thin layer and
-    can run out of steps — see ``ok`` — pass ``solver=SignFlowKvaerno3()``). Reported per
+    compiled ``lax.map`` over ε). Small ε is stiff, so unless ``solver=`` is given the solver
+    is `SignFlowKvaerno3` where it applies (q = 1 on a toolkit model under a loss with
+    ``hessian_factor``): its cost stays bounded as ε → 0, and it passes factors that collapse
+    to 0, where `Rodas4` chatters or stalls (ε ≲ 1e-7, or even depth from a balanced init);
+    `Rodas4` otherwise. Its Newton test takes the tolerances of a ``stepsize_controller``
+    with ``rtol`` and ``atol`` (default `solve_flow`'s). The choice is reported in the
+    ``solver`` attribute; see ``ok`` for solves that ran out of steps. Reported per
     ε: the endpoint x_ε(t1), its loss, ‖x_ε‖₁ and ‖x_ε‖₂ (the implicit-bias norms), and
     ‖x_ε − x_ε₀‖_∞ against the smallest ε₀ — the closest to the unregularized flow.
 
@@ -48,7 +53,11 @@ def eps_sensitivity(
     check_range("eps", eps, 0.0, lo_open=True)
     if "saveat" in solve_kwargs:
         raise ValueError("`saveat` is fixed to the endpoint by `eps_sensitivity`; drop it.")
-    solve_kwargs.setdefault("solver", Rodas4())
+    if solve_kwargs.get("solver") is None:
+        smallest = eqx.tree_at(lambda f: f.geometry.eps, flow, float(eps.min()))
+        solve_kwargs["solver"] = _default_solver(
+            smallest, params0, loss, solve_kwargs.get("stepsize_controller")
+        )
 
     def endpoint(e):
         flow_e = eqx.tree_at(lambda f: f.geometry.eps, flow, e)
@@ -74,8 +83,23 @@ def eps_sensitivity(
             "smoothing": flow.geometry.smoothing,
             "smoothing_at": flow.smoothing_for(params0),
             "t1": float(t1),
+            "solver": type(solve_kwargs["solver"]).__name__,
         },
     )
+
+
+def _default_solver(flow: SteepestFlow, params0: Params, loss: Loss, controller):
+    """`SignFlowKvaerno3` (with the controller's tolerances, where it has them) if it can take
+    the solve at every ε, else `Rodas4`."""
+    values = {name: getattr(controller, name, None) for name in ("rtol", "atol")}
+    concrete = all(value is not None and is_concrete(value) for value in values.values())
+    tolerances = {name: float(value) for name, value in values.items()} if concrete else {}
+    try:
+        solver = SignFlowKvaerno3(**tolerances)
+        solver.check_setup(flow, params0, loss)
+    except ValueError:
+        return Rodas4()
+    return solver
 
 
 @eqx.filter_jit

@@ -272,8 +272,8 @@ def test_eps_sensitivity_reports_each_endpoint():
     model = positive_signed_model(seed=3, depth=2, dim=5)
     flow = mf.SteepestFlow(mf.Lp(1.0, 0.5))
     eps = [1e-1, 1e-2, 1e-3]
-    ds = mf.eps_sensitivity(flow, model, loss, 10.0, eps)
-    assert bool(ds.ok.all())
+    ds = mf.eps_sensitivity(flow, model, loss, 10.0, eps, solver=mf.Rodas4())
+    assert bool(ds.ok.all()) and ds.attrs["solver"] == "Rodas4"
     single = mf.solve_flow(
         mf.SteepestFlow(mf.Lp(1.0, 1e-2)), model, loss, 10.0, solver=mf.Rodas4()
     )

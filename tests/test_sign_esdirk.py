@@ -418,6 +418,35 @@ def test_eps_sensitivity_down_to_1e_minus_8():
     assert np.all(np.diff(distance) < 0)
 
 
+def test_eps_sensitivity_default_solver_passes_collapses():
+    """Without ``solver=``, `eps_sensitivity` takes `SignFlowKvaerno3` for the sign flow (with
+    the controller's tolerances): from the balanced init at depth 2 the shrinking parts
+    collapse to 0 at t ≈ α, where `Rodas4` stalls (bench_collapse.py); the default finishes
+    every ε and each endpoint equals a single solve's. Other q get `Rodas4`."""
+    loss = small_regression(seed=0, n=6, d=8, k=2)
+    model = mf.SignedDeepDiagonal.scaled(1e-2, depth=2, dim=8)
+    flow = mf.SteepestFlow(mf.Lp(1.0, 1e-3))
+    controller = diffrax.PIDController(rtol=1e-7, atol=1e-9)
+    eps = [1e-3, 1e-8]
+    kwargs = dict(stepsize_controller=controller, max_steps=3000)
+    result = mf.eps_sensitivity(flow, model, loss, 5.0, eps, **kwargs)
+    assert result.attrs["solver"] == "SignFlowKvaerno3"
+    assert bool(result.ok.all())
+    single = mf.solve_flow(
+        mf.SteepestFlow(mf.Lp(1.0, 1e-8)),
+        model,
+        loss,
+        5.0,
+        solver=mf.SignFlowKvaerno3(rtol=1e-7, atol=1e-9),
+        **kwargs,
+    )
+    np.testing.assert_allclose(result.x_final.sel(eps=1e-8), single.x[-1], rtol=1e-12, atol=1e-14)
+    stalled = mf.eps_sensitivity(flow, model, loss, 5.0, eps, solver=mf.Rodas4(), **kwargs)
+    assert not bool(stalled.ok.any())
+    other = mf.eps_sensitivity(mf.SteepestFlow(mf.Lp(1.5, 1e-3)), model, loss, 1.0, [1e-3])
+    assert other.attrs["solver"] == "Rodas4" and bool(other.ok.all())
+
+
 def test_bad_setup_names_the_problem():
     loss = small_regression(n=4, d=5)
     model = positive_signed_model(1, 2, 5)
