@@ -32,9 +32,15 @@ median of three calls under a second) next to the layer entries and exits of eac
 |r| > 3 outside, and exits that reach |r| > 100): whether the ratio is a property of the
 solver or of the two flows.
 
+``--oracle`` asks whether locating the layer transitions would cut the cost: `SignFlowKvaerno3`
+at ε = 1e-3 and 1e-6 with step boundaries forced exactly on the times at which some entry's
+|r| crosses 1, 3 or 30 on a tight reference (rtol 1e-10), as diffrax ``step_ts`` (a boundary)
+or ``jump_ts`` (a boundary and a fresh first stage, as an event restart), against the plain
+solve.
+
 Usage: ``python benchmarks/bench_sign_flow_eps.py [--quick] [--smoothing sqrt|tanh]
-[--rtol R] [--implicit] [--solver rodas4|kvaerno3] [--rtol-sweep]`` (atol = R/100; default
-rtol 1e-8, ``--implicit`` 1e-4)
+[--rtol R] [--implicit] [--solver rodas4|kvaerno3] [--rtol-sweep] [--oracle]`` (atol = R/100;
+default rtol 1e-8, ``--implicit`` 1e-4)
 """
 
 import argparse
@@ -68,16 +74,18 @@ def scaled_gradient(flow: mf.SteepestFlow, params, loss) -> jax.Array:
     return ravel_pytree(flow.scaled_gradient(params, loss))[0]
 
 
-def _controller(solver, rtol):
+def _controller(solver, rtol, clip=None):
     """diffrax's default I controller; a PI controller (pcoeff = icoeff = 0.3) for
-    `SignFlowKvaerno3`, which rejects fewer steps after layer entries with it."""
+    `SignFlowKvaerno3`, which rejects fewer steps after layer entries with it. ``clip``: keyword
+    arguments of a ``diffrax.ClipStepSizeController`` around it (``step_ts`` / ``jump_ts``)."""
     pi = isinstance(solver, mf.SignFlowKvaerno3)
-    return diffrax.PIDController(
+    controller = diffrax.PIDController(
         rtol=rtol, atol=rtol / 100, pcoeff=0.3 if pi else 0.0, icoeff=0.3 if pi else 1.0
     )
+    return controller if clip is None else diffrax.ClipStepSizeController(controller, **clip)
 
 
-def _solve(flow, params0, loss, t1, solver, rtol, saveat):
+def _solve(flow, params0, loss, t1, solver, rtol, saveat, clip=None):
     return diffrax.diffeqsolve(
         diffrax.ODETerm(_field),
         solver,
@@ -87,7 +95,7 @@ def _solve(flow, params0, loss, t1, solver, rtol, saveat):
         flow.init(params0),
         args=mf.FlowArgs(flow, loss, loss(mf.effective_weights(params0))),
         saveat=saveat,
-        stepsize_controller=_controller(solver, rtol),
+        stepsize_controller=_controller(solver, rtol, clip),
         max_steps=MAX_STEPS,
         throw=False,
     )
@@ -112,9 +120,9 @@ def count_crossings(ratio: np.ndarray) -> int:
 
 
 @eqx.filter_jit
-def solve_end(flow, params0, loss, t1, solver, rtol):
-    """Step statistics, result and final loss of one solve."""
-    sol = _solve(flow, params0, loss, t1, solver, rtol, diffrax.SaveAt(t1=True))
+def solve_end(flow, params0, loss, t1, solver, rtol, clip=None):
+    """Step statistics, result and final loss of one solve (``clip``: see `_controller`)."""
+    sol = _solve(flow, params0, loss, t1, solver, rtol, diffrax.SaveAt(t1=True), clip)
     final = jax.tree.map(lambda leaf: leaf[-1], sol.ys)
     return sol.stats, sol.result, loss(mf.effective_weights(flow.params_of(final)))
 
@@ -217,6 +225,76 @@ def rtol_sweep(problem, model, size, smoothing: str):
             )
 
 
+ORACLE_REFERENCE_RTOL = 1e-10
+ORACLE_LEVELS = (1.0, 3.0, 30.0)
+
+
+@eqx.filter_jit
+def solve_x(flow, params0, loss, t1, solver, rtol, clip=None):
+    """Step statistics, result and x(t1) of one solve (``clip``: see `_controller`)."""
+    sol = _solve(flow, params0, loss, t1, solver, rtol, diffrax.SaveAt(t1=True), clip)
+    final = jax.tree.map(lambda leaf: leaf[-1], sol.ys)
+    return sol.stats, sol.result, mf.effective_weights(flow.params_of(final))
+
+
+def reference_ratio(flow, params0, loss, t1) -> tuple[np.ndarray, np.ndarray]:
+    """(times, |r| per entry) at every accepted step of a tight reference: `SignFlowKvaerno3`
+    at rtol 1e-10."""
+    rtol = ORACLE_REFERENCE_RTOL
+    solver = mf.SignFlowKvaerno3(rtol=rtol, atol=rtol / 100).resolved(flow, params0)
+    ts, states, _ = solve_saved(flow, params0, loss, t1, solver, rtol)
+    keep = np.isfinite(np.asarray(ts))
+    states = jax.tree.map(lambda leaf: leaf[keep], states)
+    ratio = jax.vmap(lambda y: scaled_gradient(flow, flow.params_of(y), loss))(states)
+    return np.asarray(ts)[keep], np.abs(np.asarray(ratio))
+
+
+def crossing_times(ts: np.ndarray, ratio: np.ndarray, level: float, t1: float) -> np.ndarray:
+    """The times in (0, t1) at which some column of ``ratio`` (|r| at times ``ts``) crosses
+    ``level``, either way, by linear interpolation between rows."""
+    shifted = ratio - level
+    rows, columns = np.nonzero((shifted[1:] < 0) != (shifted[:-1] < 0))
+    before, after = shifted[rows, columns], shifted[rows + 1, columns]
+    times = ts[rows] + (ts[rows + 1] - ts[rows]) * before / (before - after)
+    return np.unique(times[(times > 0) & (times < t1)])
+
+
+def oracle(problem, model, size, smoothing: str, rtol: float):
+    """Would locating the layer transitions cut the steps? Force step boundaries at the exact
+    times (from a tight reference) at which entries cross |r| = level, as diffrax ``step_ts``
+    (no restart) or ``jump_ts`` (restart: the first stage re-evaluated after the time), and
+    compare with the plain solve."""
+    print(
+        "| placement | ε | boundaries | times | steps | accepted | rejected "
+        "| max abs x − x_plain | wall [s] |\n|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        flush=True,
+    )
+    for place in PLACES:
+        for eps in SWEEP_EPSILONS:
+            flow = mf.SteepestFlow(mf.Lp(1.0, eps, smoothing), smoothing_at=place)
+            solver = mf.SignFlowKvaerno3(rtol=rtol, atol=rtol / 100).resolved(flow, model)
+            runs = [("none", None, 0)]
+            ts, ratio = reference_ratio(flow, model, problem, size.t1)
+            for level in ORACLE_LEVELS:
+                times = jax.numpy.asarray(crossing_times(ts, ratio, level, size.t1))
+                kinds = ("step_ts", "jump_ts") if level == 1.0 else ("step_ts",)
+                runs += [(f"{kind}, |r| = {level:g}", {kind: times}, len(times)) for kind in kinds]
+            plain = None
+            for label, clip, count in runs:
+                args = (flow, model, problem, size.t1, solver, rtol, clip)
+                compiled, _ = compile_aot(solve_x, *args)
+                call = functools.partial(compiled, *args)
+                (stats, result, x), wall = steady_wall(call)
+                plain = np.asarray(x) if plain is None else plain
+                print(
+                    f"| {place} | {eps:g} | {label} | {count} "
+                    f"| {int(stats['num_steps'])}{status(result)} "
+                    f"| {int(stats['num_accepted_steps'])} | {int(stats['num_rejected_steps'])} "
+                    f"| {np.abs(np.asarray(x) - plain).max():.1e} | {wall:.3f} |",
+                    flush=True,
+                )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="n=20, d=40, t1=50")
@@ -236,6 +314,11 @@ def main():
         action="store_true",
         help="SignFlowKvaerno3 at eps 1e-3, 1e-6 for rtol 1e-4 ... 1e-10, with layer transitions",
     )
+    parser.add_argument(
+        "--oracle",
+        action="store_true",
+        help="SignFlowKvaerno3 at eps 1e-3, 1e-6 with step boundaries at the exact transitions",
+    )
     options = parser.parse_args()
     rtol = options.rtol or (1e-4 if options.implicit else 1e-8)
     if not 0 < rtol < 1:
@@ -252,6 +335,10 @@ def main():
     )
     print("\n".join(header), end="\n\n")
     start = time.perf_counter()
+    if options.oracle:
+        oracle(problem, model, size, options.smoothing, rtol)
+        print(f"\ntotal {time.perf_counter() - start:.0f} s; {load()}")
+        return
     if options.rtol_sweep:
         rtol_sweep(problem, model, size, options.smoothing)
         print(f"\ntotal {time.perf_counter() - start:.0f} s; {load()}")
