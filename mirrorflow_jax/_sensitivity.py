@@ -13,7 +13,7 @@ from ._custom_types import Loss, Params, ScalarLike
 from ._flow import SteepestFlow
 from ._models import AbstractReparam
 from ._rosenbrock import Rodas4
-from ._sign_esdirk import SignFlowKvaerno3
+from ._sign_esdirk import SignFlowKvaerno3, _check_setup as check_sign_flow_setup
 from ._solve import solve_flow
 from ._validate import as_float, check_range, is_concrete
 
@@ -94,12 +94,12 @@ def _default_solver(flow: SteepestFlow, params0: Params, loss: Loss, controller)
     values = {name: getattr(controller, name, None) for name in ("rtol", "atol")}
     concrete = all(value is not None and is_concrete(value) for value in values.values())
     tolerances = {name: float(value) for name, value in values.items()} if concrete else {}
+    solver = SignFlowKvaerno3(**tolerances)
     try:
-        solver = SignFlowKvaerno3(**tolerances)
-        solver.check_setup(flow, params0, loss)
+        check_sign_flow_setup(flow, params0, loss, solver.unknowns)
     except ValueError:
         return Rodas4()
-    return solver
+    return solver  # `solve_flow` checks the rest (the tolerances against the precision)
 
 
 @eqx.filter_jit

@@ -264,8 +264,28 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
 
     def check_setup(self, flow, params, loss) -> None:
         """Raise ValueError unless ``flow``, ``params`` and ``loss`` are a solve this solver
-        can take (see the class docstring); `solve_flow` calls it before compiling."""
+        can take (see the class docstring) at a tolerance the parameters' precision resolves;
+        `solve_flow` calls it before compiling."""
         _check_setup(flow, params, loss, self.unknowns)
+        self._check_precision(params)
+
+    def _check_precision(self, params) -> None:
+        """ValueError if the Newton test, ``newton_tol·rtol`` relative, lies below twice the
+        resolution of the state's dtype (float32: rtol ≥ 2.4e-6 at the default
+        ``newton_tol``): the iteration could not pass it, and every step would be rejected.
+        The state's dtype is the parameters' promoted with the times' (diffrax promotes y0
+        so; float64 whenever jax_enable_x64 is on)."""
+        dtypes = [jnp.result_type(leaf) for leaf in jax.tree.leaves(params)]
+        dtype = functools.reduce(jnp.promote_types, dtypes, jnp.asarray(0.0).dtype)
+        lowest = 2 * float(jnp.finfo(dtype).eps) / self.newton_tol
+        if self.rtol < lowest:
+            raise ValueError(
+                f"`SignFlowKvaerno3(rtol={self.rtol:g})` is below what {dtype} resolves: its "
+                f"Newton test needs rtol >= {lowest:.2g} in {dtype} (at newton_tol "
+                f"{self.newton_tol:g}). Pass SignFlowKvaerno3(rtol=..., atol=...) and a "
+                "stepsize_controller with the same tolerances, or run in float64 "
+                '(jax.config.update("jax_enable_x64", True)).'
+            )
 
     def resolved(self, flow, params) -> "SignFlowKvaerno3":
         """This solver with ``unknowns="auto"`` settled for ``flow`` and ``params`` where β is
@@ -287,7 +307,7 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
                 "`SignFlowKvaerno3` solves a SteepestFlow through `solve_flow` (args must be "
                 "FlowArgs); use `Rodas4` for other flows."
             )
-        _check_setup(args.flow, y0, args.loss, self.unknowns)
+        self.check_setup(args.flow, y0, args.loss)
         per_entry = _per_entry(args.flow, y0, self.unknowns)
         return _checked(self._first_stage(t0, y0, args), args.flow, per_entry)
 

@@ -6,6 +6,10 @@ constant steps.
 """
 
 import functools
+import json
+import os
+import subprocess
+import sys
 
 import diffrax
 import equinox as eqx
@@ -445,6 +449,49 @@ def test_eps_sensitivity_default_solver_passes_collapses():
     assert not bool(stalled.ok.any())
     other = mf.eps_sensitivity(mf.SteepestFlow(mf.Lp(1.5, 1e-3)), model, loss, 1.0, [1e-3])
     assert other.attrs["solver"] == "Rodas4" and bool(other.ok.all())
+
+
+FLOAT32_RUN = r"""
+import json, diffrax, jax, jax.numpy as jnp
+import mirrorflow_jax as mf
+
+problem = mf.sparse_regression(jax.random.key(0), n=6, d=8, k=2)  # float32: x64 is off
+model = mf.SignedDeepDiagonal.scaled(1e-2, depth=3, dim=8)
+flow = mf.SteepestFlow(mf.Lp(1.0, 1e-3))
+try:
+    mf.solve_flow(flow, model, problem, 5.0, solver=mf.SignFlowKvaerno3())
+    error = ""
+except ValueError as caught:
+    error = str(caught)
+tight = dict(rtol=1e-4, atol=1e-6)
+sol = mf.solve_flow(flow, model, problem, 5.0, solver=mf.SignFlowKvaerno3(**tight),
+                    stepsize_controller=diffrax.PIDController(**tight))
+result = dict(error=error, ok=bool(sol.ok), dtype=str(sol.x.dtype), x32=sol.x[-1].tolist())
+jax.config.update("jax_enable_x64", True)  # the same problem (the float32 draws) in float64
+problem, model = jax.tree.map(lambda a: a.astype(jnp.float64), (problem, model))
+tight = dict(rtol=1e-10, atol=1e-12)
+sol = mf.solve_flow(flow, model, problem, 5.0, solver=mf.SignFlowKvaerno3(**tight),
+                    stepsize_controller=diffrax.PIDController(**tight))
+print(json.dumps(dict(result, x64=sol.x[-1].tolist())))
+"""
+
+
+def test_float32_needs_a_tolerance_it_resolves():
+    """In float32 (jax_enable_x64 off, as on a TPU) the default rtol 1e-8 lies below what the
+    Newton test can resolve: a ValueError says so before compiling. At rtol 1e-4 the float32
+    solve ends within 1e-4 of a float64 solve of the same problem (measured 6e-7 here, 1.4e-4
+    on d = 20: benchmarks/bench_precision.py). Runs in a subprocess: this process has float64
+    on."""
+    env = dict(os.environ, JAX_ENABLE_X64="0")
+    done = subprocess.run(
+        [sys.executable, "-c", FLOAT32_RUN], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "rtol=1e-08" in result["error"] and "float32" in result["error"]
+    assert result["ok"] and result["dtype"] == "float32"
+    error = np.abs(np.array(result["x32"]) - np.array(result["x64"])).max()
+    assert error < 1e-4
 
 
 def test_bad_setup_names_the_problem():

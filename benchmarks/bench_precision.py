@@ -1,0 +1,109 @@
+"""The sign flow in float32 (jax_enable_x64 off, as on a TPU or a GPU run in single precision)
+against float64 on the same problem.
+
+A sparse regression (n = 10, d = 20, k = 3, drawn in float32 and cast to float64 for the
+reference) with q = 1, ε = 1e-3, t1 = 10, from `SignedDeepDiagonal.scaled(1e-2)` at depth 2,
+3 and 4 and from unbalanced positive factors at depth 2, solved in float32 with
+`SignFlowKvaerno3`, `Rodas4` and Tsit5 at rtol 1e-3, 1e-4 and 1e-5 (atol = rtol/100, at most
+20 000 steps). Each float32 endpoint is compared with a float64 `SignFlowKvaerno3` solve at
+rtol 1e-10. Each precision runs in its own Python process (x64 is set at start-up).
+Per row: whether the solve finished, the time it reached, steps (accepted + rejected), the
+final loss, max |x(t_end) − x_ref(t1)| and the wall time of a second call.
+
+Usage: ``python benchmarks/bench_precision.py``
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+from bench_core import QUICK, environment
+
+RUN = r"""
+import json, sys, time
+import diffrax, jax, jax.numpy as jnp
+import mirrorflow_jax as mf
+
+reference = sys.argv[1] == "reference"
+problem = mf.sparse_regression(jax.random.key(0), n=10, d=20, k=3)  # float32 draws
+ku, kv = jax.random.split(jax.random.key(3))
+models = {
+    f"balanced, depth {depth}": mf.SignedDeepDiagonal.scaled(1e-2, depth=depth, dim=20)
+    for depth in (2, 3, 4)
+}
+models["unbalanced, depth 2"] = mf.SignedDeepDiagonal(
+    0.3 + 0.5 * jax.random.uniform(ku, (2, 20)), 0.3 + 0.5 * jax.random.uniform(kv, (2, 20))
+)
+if reference:
+    jax.config.update("jax_enable_x64", True)
+    problem, models = jax.tree.map(lambda a: a.astype(jnp.float64), (problem, models))
+    rtols, solvers = (1e-10,), ("SignFlowKvaerno3",)
+else:
+    rtols, solvers = (1e-3, 1e-4, 1e-5), ("SignFlowKvaerno3", "Rodas4", "Tsit5")
+flow = mf.SteepestFlow(mf.Lp(1.0, 1e-3))
+rows = []
+for name, model in models.items():
+    for solver_name in solvers:
+        for rtol in rtols:
+            tolerances = dict(rtol=rtol, atol=rtol / 100)
+            solver = {
+                "SignFlowKvaerno3": lambda: mf.SignFlowKvaerno3(**tolerances),
+                "Rodas4": mf.Rodas4,
+                "Tsit5": diffrax.Tsit5,
+            }[solver_name]()
+
+            @jax.jit
+            def solve(model, problem):
+                sol = mf.solve_flow(
+                    flow, model, problem, 10.0, solver=solver, max_steps=20_000,
+                    stepsize_controller=diffrax.PIDController(**tolerances),
+                )
+                return sol.ok, sol.ts[-1], sol.num_steps, sol.loss[-1], sol.x[-1]
+
+            jax.block_until_ready(solve(model, problem))
+            start = time.perf_counter()
+            ok, t_end, steps, loss, x = jax.block_until_ready(solve(model, problem))
+            rows.append(dict(
+                model=name, solver=solver_name, rtol=rtol, ok=bool(ok), t=float(t_end),
+                steps=int(steps), loss=float(loss), x=x.tolist(), dtype=str(x.dtype),
+                wall=time.perf_counter() - start,
+            ))
+print(json.dumps(rows))
+"""
+
+
+def run(kind: str) -> list[dict]:
+    env = {key: value for key, value in os.environ.items() if key != "JAX_ENABLE_X64"}
+    done = subprocess.run(
+        [sys.executable, "-c", RUN, kind], capture_output=True, text=True, env=env
+    )
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main():
+    print("\n".join(environment(QUICK).splitlines()[:3]), end="\n\n")
+    start = time.perf_counter()
+    references = {row["model"]: np.array(row["x"]) for row in run("reference")}
+    print(
+        "| model | solver | rtol | dtype | finished | t reached | steps | final loss "
+        "| max abs x − x_ref | wall [s] |\n|---|---|---:|---|---|---:|---:|---:|---:|---:|",
+        flush=True,
+    )
+    for row in run("float32"):
+        error = np.abs(np.array(row["x"]) - references[row["model"]]).max()
+        print(
+            f"| {row['model']} | {row['solver']} | {row['rtol']:g} | {row['dtype']} "
+            f"| {'yes' if row['ok'] else '**no**'} | {row['t']:.3g} | {row['steps']} "
+            f"| {row['loss']:.1e} | {error:.1e} | {row['wall']:.3f} |",
+            flush=True,
+        )
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
