@@ -6,9 +6,12 @@ reference) with q = 1, ε = 1e-3, t1 = 10, from `SignedDeepDiagonal.scaled(1e-2)
 3 and 4 and from unbalanced positive factors at depth 2, solved in float32 with
 `SignFlowKvaerno3`, `Rodas4` and Tsit5 at rtol 1e-3, 1e-4 and 1e-5 (atol = rtol/100, at most
 20 000 steps). Each float32 endpoint is compared with a float64 `SignFlowKvaerno3` solve at
-rtol 1e-10. Each precision runs in its own Python process (x64 is set at start-up).
-Per row: whether the solve finished, the time it reached, steps (accepted + rejected), the
-final loss, max |x(t_end) − x_ref(t1)| and the wall time of a second call.
+rtol 1e-10 (same placement). The naive placement is solved too, with `SignFlowKvaerno3` and
+`Rodas4` at rtol 1e-4. Each precision runs in its own Python process (x64 is set at
+start-up). Per row: whether the solve finished, the time it reached, steps (accepted +
+rejected), the final loss, max |x(t_end) − x_ref(t1)| and the wall time of a second call.
+A second table asks whether a gap is precision or conditioning: how far the float64
+endpoint moves when the init is perturbed by a relative δ = 1e-12 or 1e-9 (seeded normal).
 
 Usage: ``python benchmarks/bench_precision.py``
 """
@@ -40,37 +43,49 @@ models["unbalanced, depth 2"] = mf.SignedDeepDiagonal(
 if reference:
     jax.config.update("jax_enable_x64", True)
     problem, models = jax.tree.map(lambda a: a.astype(jnp.float64), (problem, models))
-    rtols, solvers = (1e-10,), ("SignFlowKvaerno3",)
+    # (placement, solver, rtol, relative perturbation of the init)
+    cases = [
+        (place, "SignFlowKvaerno3", 1e-10, delta)
+        for place in ("structured", "naive")
+        for delta in (0.0, 1e-12, 1e-9)
+    ]
 else:
-    rtols, solvers = (1e-3, 1e-4, 1e-5), ("SignFlowKvaerno3", "Rodas4", "Tsit5")
-flow = mf.SteepestFlow(mf.Lp(1.0, 1e-3))
+    cases = [
+        ("structured", solver, rtol, 0.0)
+        for solver in ("SignFlowKvaerno3", "Rodas4", "Tsit5")
+        for rtol in (1e-3, 1e-4, 1e-5)
+    ]
+    cases += [("naive", solver, 1e-4, 0.0) for solver in ("SignFlowKvaerno3", "Rodas4")]
 rows = []
 for name, model in models.items():
-    for solver_name in solvers:
-        for rtol in rtols:
-            tolerances = dict(rtol=rtol, atol=rtol / 100)
-            solver = {
-                "SignFlowKvaerno3": lambda: mf.SignFlowKvaerno3(**tolerances),
-                "Rodas4": mf.Rodas4,
-                "Tsit5": diffrax.Tsit5,
-            }[solver_name]()
+    for place, solver_name, rtol, delta in cases:
+        flow = mf.SteepestFlow(mf.Lp(1.0, 1e-3), smoothing_at=place)
+        tolerances = dict(rtol=rtol, atol=rtol / 100)
+        solver = {
+            "SignFlowKvaerno3": lambda: mf.SignFlowKvaerno3(**tolerances),
+            "Rodas4": mf.Rodas4,
+            "Tsit5": diffrax.Tsit5,
+        }[solver_name]()
+        noise = jax.tree.map(lambda a: jax.random.normal(jax.random.key(7), a.shape), model)
+        start_model = jax.tree.map(lambda a, z: a * (1 + delta * z), model, noise)
 
-            @jax.jit
-            def solve(model, problem):
-                sol = mf.solve_flow(
-                    flow, model, problem, 10.0, solver=solver, max_steps=20_000,
-                    stepsize_controller=diffrax.PIDController(**tolerances),
-                )
-                return sol.ok, sol.ts[-1], sol.num_steps, sol.loss[-1], sol.x[-1]
+        @jax.jit
+        def solve(model, problem):
+            sol = mf.solve_flow(
+                flow, model, problem, 10.0, solver=solver,
+                max_steps=200_000 if reference else 20_000,
+                stepsize_controller=diffrax.PIDController(**tolerances),
+            )
+            return sol.ok, sol.ts[-1], sol.num_steps, sol.loss[-1], sol.x[-1]
 
-            jax.block_until_ready(solve(model, problem))
-            start = time.perf_counter()
-            ok, t_end, steps, loss, x = jax.block_until_ready(solve(model, problem))
-            rows.append(dict(
-                model=name, solver=solver_name, rtol=rtol, ok=bool(ok), t=float(t_end),
-                steps=int(steps), loss=float(loss), x=x.tolist(), dtype=str(x.dtype),
-                wall=time.perf_counter() - start,
-            ))
+        jax.block_until_ready(solve(start_model, problem))
+        start = time.perf_counter()
+        ok, t_end, steps, loss, x = jax.block_until_ready(solve(start_model, problem))
+        rows.append(dict(
+            model=name, placement=place, solver=solver_name, rtol=rtol, delta=delta,
+            ok=bool(ok), t=float(t_end), steps=int(steps), loss=float(loss), x=x.tolist(),
+            dtype=str(x.dtype), wall=time.perf_counter() - start,
+        ))
 print(json.dumps(rows))
 """
 
@@ -88,21 +103,39 @@ def run(kind: str) -> list[dict]:
 def main():
     print("\n".join(environment(QUICK).splitlines()[:3]), end="\n\n")
     start = time.perf_counter()
-    references = {row["model"]: np.array(row["x"]) for row in run("reference")}
+    reference_rows = run("reference")
+    references = {
+        (row["model"], row["placement"]): np.array(row["x"])
+        for row in reference_rows
+        if row["delta"] == 0.0
+    }
     print(
-        "| model | solver | rtol | dtype | finished | t reached | steps | final loss "
-        "| max abs x − x_ref | wall [s] |\n|---|---|---:|---|---|---:|---:|---:|---:|---:|",
+        "| model | placement | solver | rtol | dtype | finished | t reached | steps | final loss "
+        "| max abs x − x_ref | wall [s] |\n|---|---|---|---:|---|---|---:|---:|---:|---:|---:|",
         flush=True,
     )
     for row in run("float32"):
-        error = np.abs(np.array(row["x"]) - references[row["model"]]).max()
+        error = np.abs(np.array(row["x"]) - references[row["model"], row["placement"]]).max()
         print(
-            f"| {row['model']} | {row['solver']} | {row['rtol']:g} | {row['dtype']} "
-            f"| {'yes' if row['ok'] else '**no**'} | {row['t']:.3g} | {row['steps']} "
-            f"| {row['loss']:.1e} | {error:.1e} | {row['wall']:.3f} |",
+            f"| {row['model']} | {row['placement']} | {row['solver']} | {row['rtol']:g} "
+            f"| {row['dtype']} | {'yes' if row['ok'] else '**no**'} | {row['t']:.3g} "
+            f"| {row['steps']} | {row['loss']:.1e} | {error:.1e} | {row['wall']:.3f} |",
             flush=True,
         )
-    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    print(
+        "\nConditioning in float64 (`SignFlowKvaerno3`, rtol 1e-10): max |Δx(t1)| after a "
+        "relative perturbation δ of the init\n\n| model | placement | δ = 1e-12 | δ = 1e-9 "
+        "|\n|---|---|---:|---:|"
+    )
+    for (model, place), x_ref in references.items():
+        moved = {
+            row["delta"]: np.abs(np.array(row["x"]) - x_ref).max()
+            for row in reference_rows
+            if (row["model"], row["placement"]) == (model, place) and row["delta"] > 0
+        }
+        print(f"| {model} | {place} | {moved[1e-12]:.1e} | {moved[1e-9]:.1e} |")
+    finished = all(row["ok"] for row in reference_rows)
+    print(f"\nevery float64 solve finished: {finished}; total {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":
