@@ -143,9 +143,14 @@ def test_collapse_matches_forward_euler(depth, beta, unknowns):
         [np.all(np.asarray(p) == 0, axis=1) for p in (sol.params.u, sol.params.v)], axis=1
     )
     assert at_rest.any(), "no part collapsed: the test does not exercise parking"
-    if beta == 0:
+    if depth == 4 and beta == 0:
+        # Parts that rested and grew again, to a size above any noise: at depth 4 on this
+        # problem four do (to 0.05–0.36). At depth 2 none does: its resting parts only move
+        # near the minimum, on the rounding-level gradient, to about 1e-13 (which an earlier
+        # form of this check counted); restarts from α = 0 are tested below.
         rested = at_rest.any(axis=0)  # (part, coordinate)
-        assert np.any(rested & ~at_rest[-1]), "no parked part grew again"
+        size = np.max(np.abs(np.stack([sol.params.u[-1], sol.params.v[-1]])), axis=1)
+        assert np.any(rested & (size > 1e-3)), "no parked part grew again"
     reference = _forward_euler(flow, model, loss, ts)
     assert np.max(np.abs(np.asarray(sol.x) - reference)) <= 1e-4
 
