@@ -51,6 +51,8 @@ _B_ERROR = np.asarray(_TABLEAU.b_error)
 # The per-entry argument where ∂x/∂w_i = 0 (the structure-preserving smoothing's scale ε|P_i|
 # vanishes): far beyond any ε, so φ^ε gives the sign.
 _UNBOUNDED = 1e30
+# A gradient entry below this many rounding spacings of |∇²f|·|x| restarts no resting part.
+_NOISE = 100.0
 
 
 def _check_setup(flow, params, loss, unknowns="auto") -> None:
@@ -204,8 +206,9 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
     explicit ones) shrink their steps without end. This solver parks such entries at 0 (the
     stage lands on 0 with the velocity −B/a; their error estimate is 0, the value being
     exact), where the field's own velocity is 0, and restarts a part resting at 0 once the
-    gradient would make it grow again, with its factors equal and of one sign: the limit of
-    the balanced init α → 0, which the sign flow leaves in time O(α), and what forward Euler
+    gradient would make it grow again (with one velocity per coordinate: a gradient above its
+    rounding noise), with its factors equal and of one sign: the limit of the balanced init
+    α → 0, which the sign flow leaves in time O(α), and what forward Euler
     or sign descent do from a balanced init (equal factors stay equal). The continuation is
     a choice: the Filippov solution there is not unique, and a part slightly off balance
     crosses 0 one factor after the other instead (the solver follows that too). With coupled
@@ -463,6 +466,20 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
         def velocity_at(rows):
             return flow.geometry.map(_gradient(flow, _unrows(rows, y0), args.loss, True))
 
+        def restart_velocity(base, u, g):
+            """u, with 0 where |g| lies within the rounding noise of g (``_NOISE`` spacings of
+            |∇²f|·|x|), wherever some entry is at 0: a part resting at 0 restarts only on a
+            gradient the precision resolves. Near a minimum g is rounding noise (about 1e-7
+            in float32), and resting parts would restart and collapse on it at every step."""
+
+            def masked():
+                factor = jnp.abs(args.loss.hessian_factor(_unrows(base, y0)()))
+                x = jnp.abs(_unrows(base, y0)())
+                noise = _NOISE * jnp.finfo(dtype).eps * (factor @ (factor.T @ x))
+                return jnp.where(jnp.abs(g) > noise, u, 0.0)
+
+            return jax.lax.cond(jnp.any((base == 0) & ~fixed), masked, lambda: u)
+
         def stage_of_entries(base, u, shrink):
             def point(u):
                 return _Stage(base, jnp.ones_like(base), step, shrink).point(u)
@@ -488,7 +505,8 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
                 def point(sign):
                     return _Stage(base, sign, step, shrink).point(u)
 
-                sign, parked = stage_signs(base, u, point, signs_of, fixed)
+                restart = restart_velocity(base, u, g)
+                sign, parked = stage_signs(base, restart, point, signs_of, fixed)
             equation = _Stage(
                 jnp.where(parked, 0.0, base), jnp.where(parked, 0.0, sign), step, shrink
             )

@@ -472,6 +472,14 @@ tight = dict(rtol=1e-4, atol=1e-6)
 sol = mf.solve_flow(flow, model, problem, 5.0, solver=mf.SignFlowKvaerno3(**tight),
                     stepsize_controller=diffrax.PIDController(**tight))
 result = dict(error=error, ok=bool(sol.ok), dtype=str(sol.x.dtype), x32=sol.x[-1].tolist())
+# Balanced depth 2 under a PI controller: near the minimum the parts resting at 0 would restart
+# and collapse on the rounding-level gradient at every step (it ran out of steps so).
+pi = diffrax.PIDController(**tight, pcoeff=0.3, icoeff=0.3)
+larger = mf.sparse_regression(jax.random.key(0), n=10, d=20, k=3)
+two = mf.SignedDeepDiagonal.scaled(1e-2, depth=2, dim=20)
+sol = mf.solve_flow(flow, two, larger, 10.0, solver=mf.SignFlowKvaerno3(**tight),
+                    stepsize_controller=pi, max_steps=5000)
+result["depth_two_ok"] = bool(sol.ok)
 jax.config.update("jax_enable_x64", True)  # the same problem (the float32 draws) in float64
 problem, model = jax.tree.map(lambda a: a.astype(jnp.float64), (problem, model))
 tight = dict(rtol=1e-10, atol=1e-12)
@@ -485,8 +493,8 @@ def test_float32_needs_a_tolerance_it_resolves():
     """In float32 (jax_enable_x64 off, as on a TPU) the default rtol 1e-8 lies below what the
     Newton test can resolve: a ValueError says so before compiling. At rtol 1e-4 the float32
     solve ends within 1e-4 of a float64 solve of the same problem (measured 6e-7 here, 1.4e-4
-    on d = 20: benchmarks/bench_precision.py). Runs in a subprocess: this process has float64
-    on."""
+    on d = 20: benchmarks/bench_precision.py), and from the balanced init at depth 2 it
+    finishes under a PI controller too. Runs in a subprocess: this process has float64 on."""
     env = dict(os.environ, JAX_ENABLE_X64="0")
     done = subprocess.run(
         [sys.executable, "-c", FLOAT32_RUN], env=env, capture_output=True, text=True, timeout=600
@@ -494,7 +502,7 @@ def test_float32_needs_a_tolerance_it_resolves():
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert "rtol=1e-08" in result["error"] and "float32" in result["error"]
-    assert result["ok"] and result["dtype"] == "float32"
+    assert result["ok"] and result["dtype"] == "float32" and result["depth_two_ok"]
     error = np.abs(np.array(result["x32"]) - np.array(result["x64"])).max()
     assert error < 1e-4
 
