@@ -473,9 +473,9 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             in float32), and resting parts would restart and collapse on it at every step."""
 
             def masked():
-                factor = jnp.abs(args.loss.hessian_factor(_unrows(base, y0)()))
-                x = jnp.abs(_unrows(base, y0)())
-                noise = _NOISE * jnp.finfo(dtype).eps * (factor @ (factor.T @ x))
+                x = _unrows(base, y0)()
+                factor = jnp.abs(args.loss.hessian_factor(x))
+                noise = _NOISE * jnp.finfo(dtype).eps * (factor @ (factor.T @ jnp.abs(x)))
                 return jnp.where(jnp.abs(g) > noise, u, 0.0)
 
             return jax.lax.cond(jnp.any((base == 0) & ~fixed), masked, lambda: u)
