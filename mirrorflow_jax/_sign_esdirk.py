@@ -468,17 +468,13 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
 
         def restart_velocity(base, u, g):
             """u, with 0 where |g| lies within the rounding noise of g (``_NOISE`` spacings of
-            |∇²f|·|x|), wherever some entry is at 0: a part resting at 0 restarts only on a
-            gradient the precision resolves. Near a minimum g is rounding noise (about 1e-7
-            in float32), and resting parts would restart and collapse on it at every step."""
-
-            def masked():
-                x = _unrows(base, y0)()
-                factor = jnp.abs(args.loss.hessian_factor(x))
-                noise = _NOISE * jnp.finfo(dtype).eps * (factor @ (factor.T @ jnp.abs(x)))
-                return jnp.where(jnp.abs(g) > noise, u, 0.0)
-
-            return jax.lax.cond(jnp.any((base == 0) & ~fixed), masked, lambda: u)
+            |∇²f|·|x|): a part resting at 0 restarts only on a gradient the precision
+            resolves. Near a minimum g is rounding noise (about 1e-7 in float32), and resting
+            parts would restart and collapse on it at every step."""
+            x = _unrows(base, y0)()
+            factor = jnp.abs(args.loss.hessian_factor(x))
+            noise = _NOISE * jnp.finfo(dtype).eps * (factor @ (factor.T @ jnp.abs(x)))
+            return jnp.where(jnp.abs(g) > noise, u, 0.0)
 
         def stage_of_entries(base, u, shrink):
             def point(u):
@@ -505,7 +501,9 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
                 def point(sign):
                     return _Stage(base, sign, step, shrink).point(u)
 
-                restart = restart_velocity(base, u, g)
+                def restart():
+                    return restart_velocity(base, u, g)
+
                 sign, parked = stage_signs(base, restart, point, signs_of, fixed)
             equation = _Stage(
                 jnp.where(parked, 0.0, base), jnp.where(parked, 0.0, sign), step, shrink

@@ -38,10 +38,12 @@ def resting_signs(base, sign, u, signs_of, fixed):
     return sign
 
 
-def stage_signs(base, u, point, signs_of, fixed):
+def stage_signs(base, restart, point, signs_of, fixed):
     """The signs σ of a stage from ``base`` (velocity −σ·u) and the entries it parks at 0.
 
-    σ is the sign of ∂x/∂w at the base, or `resting_signs`' for a part resting at 0. An
+    σ is the sign of ∂x/∂w at the base, or `resting_signs`' for a part resting at 0, decided
+    on the velocity ``restart()`` (u where the precision resolves it, else 0; called only
+    when some part rests). An
     entry is parked when the velocity carries it across 0 (``point(σ)``, the stage point for
     the guess u, lies on the other side) and the sign of its own ∂x/∂w_i flips there, so that
     it would move back: both sides push it to 0, a Filippov sliding point (the balanced
@@ -51,7 +53,7 @@ def stage_signs(base, u, point, signs_of, fixed):
     sign = signs_of(base)
     sign = jax.lax.cond(
         jnp.any((base == 0) & (sign == 0) & ~fixed),
-        lambda: resting_signs(base, sign, u, signs_of, fixed),
+        lambda: resting_signs(base, sign, restart(), signs_of, fixed),
         lambda: sign,
     )
     predicted = point(sign)
