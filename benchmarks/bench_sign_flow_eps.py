@@ -121,10 +121,11 @@ def count_crossings(ratio: np.ndarray) -> int:
 
 @eqx.filter_jit
 def solve_end(flow, params0, loss, t1, solver, rtol, clip=None):
-    """Step statistics, result and final loss of one solve (``clip``: see `_controller`)."""
+    """Step statistics, result, final loss and x(t1) of one solve (``clip``: see
+    `_controller`)."""
     sol = _solve(flow, params0, loss, t1, solver, rtol, diffrax.SaveAt(t1=True), clip)
-    final = jax.tree.map(lambda leaf: leaf[-1], sol.ys)
-    return sol.stats, sol.result, loss(mf.effective_weights(flow.params_of(final)))
+    x = mf.effective_weights(flow.params_of(jax.tree.map(lambda leaf: leaf[-1], sol.ys)))
+    return sol.stats, sol.result, loss(x), x
 
 
 def compile_aot(fn, *args):
@@ -157,7 +158,7 @@ def compare_implicit(problem, model, size, smoothing: str, rtol: float):
                 compiled, compile_s = compile_aot(
                     solve_end, flow, model, problem, size.t1, solver, rtol
                 )
-                (stats, result, final_loss), wall = timed(
+                (stats, result, final_loss, _), wall = timed(
                     compiled, flow, model, problem, size.t1, solver, rtol
                 )
                 steps = int(stats["num_steps"])
@@ -204,7 +205,7 @@ def rtol_sweep(problem, model, size, smoothing: str):
                         solve_end, flow, model, problem, size.t1, solver, rtol
                     )
                 call = functools.partial(compiled, flow, model, problem, size.t1, solver, rtol)
-                (stats, result, final_loss), wall = steady_wall(call)
+                (stats, result, final_loss, _), wall = steady_wall(call)
                 counts = transitions(flow, model, problem, size.t1, solver, rtol)
                 runs.append((stats, result, float(final_loss), wall, counts))
             steps = [int(run[0]["num_steps"]) for run in runs]
@@ -227,14 +228,6 @@ def rtol_sweep(problem, model, size, smoothing: str):
 
 ORACLE_REFERENCE_RTOL = 1e-10
 ORACLE_LEVELS = (1.0, 3.0, 30.0)
-
-
-@eqx.filter_jit
-def solve_x(flow, params0, loss, t1, solver, rtol, clip=None):
-    """Step statistics, result and x(t1) of one solve (``clip``: see `_controller`)."""
-    sol = _solve(flow, params0, loss, t1, solver, rtol, diffrax.SaveAt(t1=True), clip)
-    final = jax.tree.map(lambda leaf: leaf[-1], sol.ys)
-    return sol.stats, sol.result, mf.effective_weights(flow.params_of(final))
 
 
 def reference_ratio(flow, params0, loss, t1) -> tuple[np.ndarray, np.ndarray]:
@@ -282,9 +275,9 @@ def oracle(problem, model, size, smoothing: str, rtol: float):
             plain = None
             for label, clip, count in runs:
                 args = (flow, model, problem, size.t1, solver, rtol, clip)
-                compiled, _ = compile_aot(solve_x, *args)
+                compiled, _ = compile_aot(solve_end, *args)
                 call = functools.partial(compiled, *args)
-                (stats, result, x), wall = steady_wall(call)
+                (stats, result, _, x), wall = steady_wall(call)
                 plain = np.asarray(x) if plain is None else plain
                 print(
                     f"| {place} | {eps:g} | {label} | {count} "
