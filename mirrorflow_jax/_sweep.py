@@ -3,7 +3,6 @@ device or many, checkpointed chunk by chunk, and label the results as an `xarray
 
 import dataclasses
 import inspect
-import json
 import math
 import os
 import pathlib
@@ -20,7 +19,8 @@ from jax.extend.core import ClosedJaxpr, jaxpr_as_fun, jaxprs_in_params
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from ._results import load_dataset, provenance, save_dataset
+from ._checkpoints import _ChunkStore, _fingerprint
+from ._results import provenance
 from ._solve import FlowSolution
 from ._validate import check_choice, check_int
 
@@ -327,47 +327,6 @@ class _Runner:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-@dataclasses.dataclass(frozen=True)
-class _ChunkStore:
-    """Finished chunks as netCDF files (written atomically by `save_dataset`), each stamped
-    with the sweep's fingerprint so that a directory cannot be resumed by a different sweep."""
-
-    directory: pathlib.Path
-    fingerprint: str
-
-    def path(self, k: int) -> pathlib.Path:
-        return self.directory / f"chunk_{k:06d}.nc"
-
-    def done(self, k: int) -> bool:
-        return self.path(k).exists()
-
-    def load(self, k: int) -> list[np.ndarray]:
-        ds = load_dataset(self.path(k))
-        if ds.attrs.get("sweep_fingerprint") != self.fingerprint:
-            raise ValueError(
-                f"`checkpoint_dir` {self.directory} holds chunks of a different sweep (grid, "
-                "chunk_size or outputs differ); use a new directory."
-            )
-        return [ds[f"leaf_{i}"].values for i in range(len(ds.data_vars))]
-
-    def save(self, k: int, leaves: list[np.ndarray]):
-        if jax.process_index() != 0:
-            return
-        ds = xr.Dataset(
-            {
-                f"leaf_{i}": (("member",) + tuple(f"leaf_{i}_{j}" for j in range(1, a.ndim)), a)
-                for i, a in enumerate(leaves)
-            },
-            attrs={"sweep_fingerprint": self.fingerprint},
-        )
-        save_dataset(ds, self.path(k))
-
-
-def _fingerprint(grid: Grid, chunk_size: int, traced: _Traced) -> str:
-    leaves = [[list(leaf.shape), str(leaf.dtype)] for leaf in jax.tree.leaves(traced.template)]
-    return json.dumps({"grid": grid.describe(), "chunk_size": chunk_size, "outputs": leaves})
-
-
 def _chunks(members: dict[str, np.ndarray], size: int, chunk_size: int):
     for start in range(0, size, chunk_size):
         yield {name: values[start : start + chunk_size] for name, values in members.items()}
@@ -529,8 +488,12 @@ def sweep(
     program (default: all at once; the last chunk is padded with copies of its last member, so
     there is one compilation). With ``checkpoint_dir`` every finished chunk is written there
     atomically (netCDF), and a rerun with the same grid, chunk_size and output shapes loads
-    finished chunks instead of recomputing them; a killed run leaves only whole files. The
-    check cannot see inside ``fn``: after changing it, use a new directory. Only process 0
+    finished chunks instead of recomputing them; a killed run leaves only whole files. Each
+    file records its chunk, the grid coordinates of its members and a checksum of its data,
+    all verified on resume: a damaged, misplaced or foreign file is named in a one-line
+    ``CheckpointWarning`` and its chunk recomputed (a directory holding only another sweep's
+    chunks is refused); stale temporary files are removed. The check cannot see inside
+    ``fn``: after changing it, use a new directory. Only process 0
     writes; on several hosts the directory must be shared. ``progress`` shows a bar over chunks
     with an ETA (default: when there is more than one chunk).
 
@@ -602,10 +565,12 @@ def sweep(
     store = None
     if checkpoint_dir is not None:
         pathlib.Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
-        store = _ChunkStore(pathlib.Path(checkpoint_dir), _fingerprint(grid, chunk_size, traced))
+        fingerprint = _fingerprint(grid, chunk_size, traced)
+        store = _ChunkStore(pathlib.Path(checkpoint_dir), fingerprint, grid, chunk_size)
 
     chunks = list(_chunks(grid.members(), grid.size, chunk_size))
-    resumed = [k for k in range(len(chunks)) if store is not None and store.done(k)]
+    loaded = {} if store is None else store.resume(len(chunks))  # verified; bad ones warned
+    resumed = sorted(loaded)
     show = len(chunks) > 1 if progress is None else progress
     bar = tqdm(
         total=len(chunks),
@@ -618,8 +583,8 @@ def sweep(
     results = []
     with bar:
         for k, members in enumerate(chunks):
-            if k in resumed:
-                results.append(store.load(k))
+            if k in loaded:
+                results.append(loaded.pop(k))
                 continue
             results.append(runner(members))
             if store is not None:
