@@ -1,7 +1,7 @@
 """Benchmark the discrete-optimizer runners of `mirrorflow_jax._discrete`, and measure
 steps-to-escape versus learning rate for GD, sign descent, Adam and AdamW.
 
-The problem is the paper's regression setup (PAPER.md §8): ``sparse_regression(key(0),
+The problem is the paper's regression setup (docs/theory.md §8): ``sparse_regression(key(0),
 n=100, d=300, k=5)`` with a signed depth-3 diagonal network ``SignedDeepDiagonal.scaled(α)``,
 float64 (``--quick``: n=20, d=40 and fewer steps).
 

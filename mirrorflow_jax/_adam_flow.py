@@ -1,5 +1,5 @@
 """The continuous-time Adam/AdamW ODE: Adam's small-step limit with β's tied to the step size
-(PAPER.md §1, §9)."""
+(docs/theory.md §1, §9)."""
 
 import equinox as eqx
 import jax
@@ -56,7 +56,7 @@ class AdamFlow(AbstractFlow):
     at fixed a, b (Barakat & Bianchi 2021, SIAM J. Optim.; Malladi et al. 2022); `discrete`
     builds that optimizer. The bias corrections use the absolute time t, so solve from t0 = 0.
 
-    **Sign-flow limit** (PAPER.md §1): as the time constants 1/a, 1/b → 0, m̂ → g and v̂ → g²,
+    **Sign-flow limit** (theory §1): as the time constants 1/a, 1/b → 0, m̂ → g and v̂ → g²,
     so dθ/dt → −g/(|g| + ε) − λθ, and as ε → 0 this is SignGF (q = 1) with decoupled decay.
     Like Adam's, ε acts on ∇_θF itself: it is the *naive* smoothing of `SteepestFlow`, so
     ``smoothing_for`` returns None (there is no `Lp` geometry).

@@ -1,4 +1,4 @@
-"""Discrete optimizers next to the flows (PAPER.md §1, §5): an optax transform for ℓ_p steepest
+"""Discrete optimizers next to the flows (theory §1, §5): an optax transform for ℓ_p steepest
 descent, `lax.scan` runners for any optax optimizer, the time map t = η·k and the gap between a
 discrete run and a `FlowSolution`."""
 
@@ -54,7 +54,7 @@ def steepest_descent(
     smoothing: str = "sqrt",
     weight_decay: ScalarLike = 0.0,
 ) -> optax.GradientTransformation:
-    r"""ℓ_p steepest descent with decoupled (AdamW-style) weight decay (PAPER.md §1):
+    r"""ℓ_p steepest descent with decoupled (AdamW-style) weight decay (docs/theory.md §1):
 
         θ_{k+1} = θ_k − η·(φ_q^ε(∇F(θ_k)) + α·θ_k)
 
@@ -274,7 +274,7 @@ def steps_to_escape(
     *,
     max_steps: int,
 ) -> DiscreteEscape:
-    r"""The number of optimizer steps until the escape condition holds (PAPER.md §5).
+    r"""The number of optimizer steps until the escape condition holds (docs/theory.md §5).
 
     Counts the first k with ``escape(x_k, f(x_k), f(x_0)) ≤ 0`` (e.g. `LossBelow`,
     `NormAbove`), stopping there or at ``max_steps``. The discrete counterpart of a flow's
@@ -310,7 +310,7 @@ def steps_to_escape(
 
 
 def step_times(steps: ArrayLike, learning_rate: ScalarLike) -> Array:
-    """The flow times t = η·k of optimizer steps k (PAPER.md §1).
+    """The flow times t = η·k of optimizer steps k (docs/theory.md §1).
 
     **Arguments:** ``steps`` integer array of step indices k; ``learning_rate`` η > 0.
     **Returns:** a float array shaped like ``steps``.

@@ -1,5 +1,5 @@
 """Flows as vector fields: the interface, and the steepest flow dθ/dt = −φ_q(∇F(θ)) − α(t)·θ
-(PAPER.md §1)."""
+(docs/theory.md §1)."""
 
 import abc
 from collections.abc import Callable
@@ -71,7 +71,7 @@ class SteepestFlow(AbstractFlow):
     where x(θ) is the model's effective weights (θ itself for a plain PyTree), β the *coupled*
     weight decay (inside φ_q) and α(t) the *decoupled*, AdamW-style one (outside φ_q).
 
-    **Where the smoothing acts** (``smoothing_at``, PAPER.md §1):
+    **Where the smoothing acts** (``smoothing_at``, docs/theory.md §1):
 
     - ``"naive"``: φ_q^ε on the full gradient ∇_θF. Works for any PyTree and mimics Adam's ε,
       but near a saddle (|∇_θF| ≪ ε) it is gradient flow slowed by 1/ε, and it breaks the

@@ -1,4 +1,4 @@
-"""Steepest-descent maps φ_q for the ℓ_p geometry and their smoothings (PAPER.md §1)."""
+"""Steepest-descent maps φ_q for the ℓ_p geometry and their smoothings (docs/theory.md §1)."""
 
 import equinox as eqx
 import jax

@@ -1,4 +1,4 @@
-"""Extreme Hessian eigenvalues by Lanczos on Hessian-vector products (PAPER.md §8: negative
+"""Extreme Hessian eigenvalues by Lanczos on Hessian-vector products (theory §8: negative
 curvature left after fine-tuning marks a run stuck near a saddle)."""
 
 from collections.abc import Callable

@@ -1,5 +1,5 @@
 """Mirror maps induced by balanced deep diagonal models, and the x-space mirror flow
-(PAPER.md §4, §6).
+(docs/theory.md §4, §6).
 
 For x = w_1 ⊙ … ⊙ w_L under a λ-balanced init (|w_i|^q − |w_1|^q = c for i ≥ 2, w_i > 0) the
 factor flow dw_i/dt = −φ_q(g)·φ_q(∂x/∂w_i) induces, per coordinate,
@@ -66,7 +66,7 @@ def _integrate_from_zero(integrand, rho: Array, knee: Array) -> Array:
 
 
 class DeepDiagonalMirror(eqx.Module):
-    r"""The mirror map R_{q,L,c} of a balanced deep diagonal model (PAPER.md §4).
+    r"""The mirror map R_{q,L,c} of a balanced deep diagonal model (docs/theory.md §4).
 
     **Fields:** ``q`` ∈ [1, 2]; ``depth`` L ≥ 1 (static); ``c`` > 0, the balance constant
     (a scalar or one per coordinate).
@@ -197,7 +197,7 @@ class DeepDiagonalMirror(eqx.Module):
 
 
 class MirrorFlow(AbstractFlow):
-    r"""The x-space steepest mirror flow of a balanced deep diagonal model (PAPER.md §4, §6):
+    r"""The x-space steepest mirror flow of a balanced deep diagonal model (docs/theory.md §4, §6):
 
         dx/dt = −h_{c(t)}(x)·φ_q^ε(∇f(x)) − L·α(t)·x,     dc/dt = −q·α(t)·c,
 

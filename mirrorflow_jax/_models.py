@@ -1,4 +1,4 @@
-"""Equinox reparameterizations x = x(w) and their initializations (PAPER.md §2–§3).
+"""Equinox reparameterizations x = x(w) and their initializations (docs/theory.md §2–§3).
 
 Every model is an immutable PyTree of its factors and returns the effective linear weights
 ``x`` when called. All models here are *separable*: x_j depends only on the factors' j-th
@@ -32,7 +32,7 @@ class AbstractReparam(eqx.Module):
 
     @abc.abstractmethod
     def balance(self, q: ScalarLike) -> Array:
-        """|w_i|^q − |w_1|^q for i = 2..L per coordinate (PAPER.md §3)."""
+        """|w_i|^q − |w_1|^q for i = 2..L per coordinate (docs/theory.md §3)."""
 
     def factor_jacobian(self) -> "AbstractReparam":
         """P = ∂x/∂w per factor entry, as a model-shaped PyTree.

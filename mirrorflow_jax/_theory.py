@@ -1,4 +1,4 @@
-"""Closed-form predictions of PAPER.md §4–§6, for experiments and tests to compare against."""
+"""Closed-form predictions of docs/theory.md §4–§6, for experiments and tests to compare with."""
 
 from typing import Literal
 
@@ -9,7 +9,7 @@ from ._validate import check_int, check_range
 
 
 def metric_exponent(q: float, depth: int) -> float:
-    """m = q(L − 1)/L: at c = 0 the mirror metric ∇²R(x) ∝ 1/|x|^m (PAPER.md §4).
+    """m = q(L − 1)/L: at c = 0 the mirror metric ∇²R(x) ∝ 1/|x|^m (docs/theory.md §4).
 
     **Arguments:** ``q`` in [1, 2]; ``depth`` L ≥ 1. **Returns:** m, a float; R is of
     Legendre type exactly when m ≤ 1.
@@ -20,7 +20,7 @@ def metric_exponent(q: float, depth: int) -> float:
 
 
 def saddle_speed(lam: float, q: float, depth: int) -> float:
-    """μ = λ^(q(L−1)): the metric at the saddle w_1 = 0, w_i = λ (PAPER.md §5).
+    """μ = λ^(q(L−1)): the metric at the saddle w_1 = 0, w_i = λ (docs/theory.md §5).
 
     x leaves the saddle at speed μ·|∇f|^(q−1). **Arguments:** ``lam`` λ ≥ 0; ``q`` in [1, 2];
     ``depth`` L. **Returns:** μ, a float.
@@ -30,7 +30,7 @@ def saddle_speed(lam: float, q: float, depth: int) -> float:
 
 
 def escape_regime(q: float, depth: int) -> tuple[Literal["constant", "log", "power"], float]:
-    """How the escape time from w_i = α scales as α → 0 (PAPER.md §5, Table 1).
+    """How the escape time from w_i = α scales as α → 0 (docs/theory.md §5).
 
     **Arguments:** ``q`` in [1, 2]; ``depth`` L ≥ 1 (they give m = q(L − 1)/L).
 
@@ -46,7 +46,7 @@ def escape_regime(q: float, depth: int) -> tuple[Literal["constant", "log", "pow
 
 
 def penalty_exponent(q: float, depth: int, decay: Literal["decoupled", "coupled"]) -> float:
-    """Exponent p of the effective weight-decay penalty Σ|x|^p (PAPER.md §6, Table 1):
+    """Exponent p of the effective weight-decay penalty Σ|x|^p (docs/theory.md §6):
     2 − m for decoupled decay (the manifold regularizer M) and 2/L for coupled decay.
 
     **Arguments:** ``q`` in [1, 2]; ``depth`` L ≥ 1; ``decay`` "decoupled" or "coupled".
@@ -61,7 +61,7 @@ def penalty_exponent(q: float, depth: int, decay: Literal["decoupled", "coupled"
 
 def manifold_regularizer(x, q: float, depth: int):
     """M(x) = (L/(L(2−q)+q))·Σ|x|^(2−m), the decoupled-decay term of the mirror flow
-    d∇R = −φ_q(∇f)dt − α∇M(x)dt at c = 0 (PAPER.md §6); ∇M(x) = sign(x)|x|^(1−m).
+    d∇R = −φ_q(∇f)dt − α∇M(x)dt at c = 0 (docs/theory.md §6); ∇M(x) = sign(x)|x|^(1−m).
 
     **Arguments:** ``x`` effective weights, shape (dim,); ``q`` in [1, 2]; ``depth`` L.
     **Returns:** M(x), a scalar.

@@ -1,5 +1,5 @@
 """The continuous-time Adam/AdamW ODE: its vector field against written-out formulas, a closed
-form, discrete Adam as η → 0, and the sign flow as its limit (PAPER.md §1)."""
+form, discrete Adam as η → 0, and the sign flow as its limit (docs/theory.md §1)."""
 
 import operator
 

@@ -1,4 +1,4 @@
-"""Discrete optax optimizers against the flows (PAPER.md §1, §5): the ℓ_p transform against
+"""Discrete optax optimizers against the flows (docs/theory.md §1, §5): the ℓ_p transform against
 optax's own optimizers and written-out formulas, the scan runner against a Python loop, O(η)
 gaps to the flows, and discrete saddle escape against quadratures and closed forms."""
 
@@ -285,7 +285,7 @@ def test_gd_escape_steps_scale_like_flow_time_over_lr_and_sign_descent_is_far_fa
 
 
 def test_adam_eps_interpolates_between_sign_descent_and_slowed_gd():
-    """Adam's ε is the naive smoothing (PAPER.md §1): ε ≫ |∇F| gives GD with step η/ε,
+    """Adam's ε is the naive smoothing (docs/theory.md §1): ε ≫ |∇F| gives GD with step η/ε,
     ε ≪ |∇F| sign-descent-like escape, independent of ε."""
     alpha, lr = 0.1, 1e-2  # |∂F/∂w| = α²(1 − α³) ≈ 1e-2 at the init, ≤ 0.33 on the way
     model = mf.DeepDiagonal.scaled(alpha, depth=3, dim=1)

@@ -1,4 +1,4 @@
-"""The paper's laws for the factor flow (PAPER.md §1, §3, §5), each against an independent
+"""The paper's laws for the factor flow (docs/theory.md §1, §3, §5), each against an independent
 computation: a closed form or a quadrature of the one-dimensional ODE."""
 
 import diffrax
@@ -65,7 +65,7 @@ def test_balance_law(depth, decay):
 
 def test_naive_smoothing_breaks_balance():
     """Measured, not hidden: the naive smoothing drifts by O(1e-2) where the structured one
-    conserves to 1e-8 (PAPER.md §1 reports ≈ 0.06 at q = 1, ε = 1e-3)."""
+    conserves to 1e-8 (docs/theory.md §1 gives the measured drifts)."""
     problem = small_regression()
     model = positive_signed_model(3, 3, problem.dim)
     drift = {}
@@ -108,7 +108,7 @@ def test_naive_smoothing_amplifies_asymmetry_of_balanced_depth_two():
 @pytest.mark.parametrize("depth", DEPTHS)
 @pytest.mark.parametrize("q, eps", [(1.0, 0.0), (1.0, 1e-3), (1.5, 0.0), (2.0, 0.0)])
 def test_saddle_speed(depth, q, eps):
-    """At w_1 = 0, w_i = λ the speed of x is λ^(q(L−1))·|φ^ε_q-part of ∇f| (PAPER.md §5)."""
+    """At w_1 = 0, w_i = λ the speed of x is λ^(q(L−1))·|φ^ε_q-part of ∇f| (docs/theory.md §5)."""
     problem = small_regression()
     lam = 0.3
     model = mf.DeepDiagonal.saddle(lam, depth=depth, dim=problem.dim)

@@ -1,4 +1,4 @@
-"""The mirror-flow side (PAPER.md §4): potentials against closed forms and quadrature, the
+"""The mirror-flow side (docs/theory.md §4): potentials against closed forms and quadrature, the
 equivalence of the factor flow with the x-space mirror flow, and the implicit bias."""
 
 import diffrax

@@ -1,4 +1,4 @@
-"""PAPER.md §6 / Table 1: the effective penalty exponent of coupled weight decay, measured.
+"""docs/theory.md §6: the effective penalty exponent of coupled weight decay, measured.
 
 On the separable f(x) = Σ_j (x_j − b_j)²/2 a stationary point of the coupled-decay flow has
 b_j − x_j = β·|x_j|^(p−1) (docs/mirror.md, "Table 1, measured"), so the slope of log|b − x|

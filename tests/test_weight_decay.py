@@ -1,4 +1,4 @@
-"""Weight decay (PAPER.md §6): long-run flows against the predicted stationarity conditions,
+"""Weight decay (docs/theory.md §6): long-run flows against the predicted stationarity conditions,
 and the regularizers against their derivatives."""
 
 import diffrax

@@ -1,4 +1,4 @@
-"""Figure docs/figures/adam_eps.png: Adam's ε acts as the naive smoothing (PAPER.md §1).
+"""Figure docs/figures/adam_eps.png: Adam's ε acts as the naive smoothing (docs/theory.md §1).
 
 From a small-scale saddle of the toy f(x) = (x − 1)²/2 with x = w₁w₂w₃ and w_i = α, count
 optax.adam's steps to escape (|x| ≥ 1/2) across ε at a fixed learning rate η. Near the saddle

@@ -1,6 +1,6 @@
 """How far is the steepest flow's limit from the Bregman argmin of its own mirror map, for q < 2?
 
-For q = 2 the limit of the factor flow is argmin_{Ax=b} D_R(x, x₀) (PAPER.md §4, checked in
+For q = 2 the limit of the factor flow is argmin_{Ax=b} D_R(x, x₀) (docs/theory.md §4, checked in
 tests/test_mirror.py). For q ≠ 2 the paper leaves the implicit bias open; this script measures
 the distance between the flow's limit and the D_{R_{q,L,c}} argmin, the natural candidate.
 

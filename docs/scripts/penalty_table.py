@@ -30,7 +30,7 @@ FIGURE = Path(__file__).resolve().parents[1] / "figures" / "penalty_table.png"
 def main_table(ds):
     print(
         "| L | q | ε | decay | p from ∇f | p from φ_q^ε(∇f) | predicted "
-        "(`penalty_exponent`) | PAPER.md §6 | fit rms (∇f / φ) | stationarity residual "
+        "(`penalty_exponent`) | theory §6 | fit rms (∇f / φ) | stationarity residual "
         "| max velocity | solve |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -1,7 +1,7 @@
 """Balance laws: |w_i|^q − |w_1|^q along steepest flows, conserved without weight decay and
 decaying like exp(−q∫α) with decoupled weight decay α.
 
-For x = w_1⋯w_L and the flow dw_i/dt = −φ_q(∂F/∂w_i) − α·w_i (PAPER.md §1, §3), the
+For x = w_1⋯w_L and the flow dw_i/dt = −φ_q(∂F/∂w_i) − α·w_i (theory §1, §3), the
 quantities B_i = |w_i|^q − |w_1|^q obey
 
     dB_i/dt = −q·α·B_i    ⇒    B_i(t) = B_i(0)·exp(−q∫₀ᵗ α(s) ds),

@@ -4,7 +4,7 @@ Two panels, both from real solves:
 
 1. escape time of x = w^L on f(x) = (x − 1)²/2 from the uniform init w_i = α, versus α, for
    sign flow (q = 1), q = 1.5 and gradient flow (q = 2) at depth 3, one vmapped solve per flow,
-   next to the predicted exponents of PAPER.md §5;
+   next to the predicted exponents of docs/theory.md §5;
 2. loss curves on a seeded sparse regression with the signed deep diagonal model.
 """
 
@@ -93,7 +93,7 @@ def run(config: DemoConfig = DemoConfig()) -> xr.Dataset:
 
 
 def predicted_curve(q: float, depth: int, alpha: np.ndarray, t_first: float) -> np.ndarray:
-    """The predicted escape-time shape through the first point (PAPER.md §5)."""
+    """The predicted escape-time shape through the first point (docs/theory.md §5)."""
     regime, exponent = mf.escape_regime(q, depth)
     if regime == "log":
         return t_first * np.log(1 / alpha) / np.log(1 / alpha[0])

@@ -1,5 +1,5 @@
 """Fine-tuning: small-rate SGD against Adam, AdamW and sign descent, with Hessian spectra and a
-deep-diagonal factorized head (PAPER.md §5, §6, §8).
+deep-diagonal factorized head (docs/theory.md §5, §6, §8).
 
 A small tanh MLP is pretrained on the digits 0…(c−1) of scikit-learn's bundled 8×8 digits
 (no download), then fine-tuned, backbone and a new head together, on the other digits. Five
@@ -645,7 +645,7 @@ def _stall_detail(ds: xr.Dataset) -> str:
 
 
 def checks(ds: xr.Dataset) -> list[Check]:
-    """The fine-tuning predictions of PAPER.md §5, §6 and §8, as measured."""
+    """The fine-tuning predictions of docs/theory.md §5, §6 and §8, as measured."""
     acc, ci = ds.accuracy_mean, ds.accuracy_ci
     chance = ds.attrs["chance_accuracy"]
 

@@ -1,8 +1,8 @@
 """Regime map: the (q, L) plane coloured by the metric exponent m = q(L−1)/L, with the mirror
 map's Legendre validity (m ≤ 1) and the measured escape-time exponent.
 
-At c = 0 the mirror metric is ∇²R(x) ∝ 1/|x|^m (PAPER.md §4): R is of Legendre type exactly
-when m ≤ 1, and the escape time from the balanced init w_i = α (PAPER.md §5) is bounded
+At c = 0 the mirror metric is ∇²R(x) ∝ 1/|x|^m (theory §4): R is of Legendre type exactly
+when m ≤ 1, and the escape time from the balanced init w_i = α (theory §5) is bounded
 (m < 1), logarithmic (m = 1) or a power α^p, p = L(1 − m) (m > 1). The run measures p on a finer
 (q, L) grid with the machinery of `saddle_escape` (balanced inits only, parameterized by
 x(0) = α^L so that every depth stays within float64's time resolution) and checks, per regime,

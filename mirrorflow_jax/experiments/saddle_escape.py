@@ -2,7 +2,7 @@
 and saddle inits, against the predicted exponent p = L − q(L−1).
 
 The flow dw/dt = −φ_q(∇_w F) on x = w_1⋯w_L with f(x) = (x − 1)²/2 starts near the saddle at
-the origin and *escapes* when x reaches 1/2 (PAPER.md §5). With m = q(L−1)/L the escape time is
+the origin and *escapes* when x reaches 1/2 (theory §5). With m = q(L−1)/L the escape time is
 
     m < 1:  T(α) → T(0) (constant),   m = 1:  T ~ log(1/α),   m > 1:  T ~ α^p,  p = L(1 − m).
 

@@ -5,7 +5,7 @@ For x = u_1u_2 − v_1v_2 from u_i = v_i = α, gradient flow (q = 2, m = 1) move
 like α²·e^(2|g_j|t): it leaves zero after a time ∝ log(1/α). In the rescaled time
 τ = t / log(1/α) the trajectory converges, as α → 0, to a piecewise-constant path that visits
 a sequence of saddles and ends at the minimum-ℓ1 interpolator (Pesme & Flammarion 2023;
-PAPER.md §5): the loss shows plateaus separated by sharp drops, and coordinate j becomes active
+theory §5): the loss shows plateaus separated by sharp drops, and coordinate j becomes active
 at a time τ_j that does not depend on α in the limit.
 
 The run records τ_j(α), the first rescaled time at which |x_j| reaches ``activation``, for

@@ -1,4 +1,4 @@
-"""Weight decay, coupled vs decoupled across depth: the measured Table 1 (PAPER.md §6).
+"""Weight decay, coupled vs decoupled across depth: the measured Table 1 (docs/theory.md §6).
 
 Problem: the separable f(x) = Σ_j (x_j − b_j)²/2 (a `LeastSquares` with A = √d·I) with targets
 b_j spread geometrically over [target_min, target_max], on a deep diagonal model
@@ -13,7 +13,7 @@ so the slope of log|∇f| (coupled) or of log|φ_q^ε(∇f)| (decoupled) against
 coordinates is p − 1, with p the exponent of an effective penalty Σ|x_j|^p. Both slopes are
 fitted for every run; neither fit uses a predicted exponent. The checks compare the fitted p with
 `penalty_exponent` (2/L coupled, 2 − m decoupled), and, for decoupled decay at q < 2, test
-PAPER.md §6's reading that M is the effective penalty on f itself (the ∇f-side exponent equal
+docs/theory.md §6's reading that M is the effective penalty on f itself (the ∇f-side exponent equal
 to 2 − m), which the measurement does not bear out.
 """
 
@@ -219,7 +219,7 @@ def run(config: Config, *, workdir=None, progress: bool = False) -> xr.Dataset:
     data["ok"] = (dims, scalars["ok"].astype(bool))
     data["steps"] = (dims, scalars["steps"].astype(np.int64))
     m = np.array([[mf.metric_exponent(q, depth) for q in config.qs] for depth in config.depths])
-    data["paper"] = (("depth", "q"), 2 - m)  # PAPER.md §6: M ∝ Σ|x|^(2 − m), m = q(L−1)/L
+    data["paper"] = (("depth", "q"), 2 - m)  # theory §6: M ∝ Σ|x|^(2 − m), m = q(L−1)/L
     data["eps"] = ("q", np.array([smoothing(config, q) for q in config.qs]))
     coords = {
         "depth": list(config.depths),
@@ -239,7 +239,7 @@ def run(config: Config, *, workdir=None, progress: bool = False) -> xr.Dataset:
 def checks(ds: xr.Dataset) -> list[Check]:
     """Per (L, q, decay): the fitted exponent against `penalty_exponent` (from ∇f for coupled
     decay, from φ_q^ε(∇f) for decoupled decay) and the endpoint's stationarity; per decoupled
-    q < 2 row, PAPER.md §6's effective penalty on f (the ∇f-side exponent) against 2 − m."""
+    q < 2 row, theory §6's effective penalty on f (the ∇f-side exponent) against 2 − m."""
     tol, stat_tol = float(ds.attrs["tolerance"]), float(ds.attrs["stationarity_tolerance"])
     out = []
     for depth in ds.depth.values:
@@ -260,14 +260,14 @@ def checks(ds: xr.Dataset) -> list[Check]:
                 if decay == "decoupled" and q < 2:
                     paper = float(r.paper)
                     detail = (
-                        f"PAPER.md §6 reads M ∝ Σ|x|^(2 − m) as the effective penalty on f; "
+                        f"theory §6 reads M ∝ Σ|x|^(2 − m) as the effective penalty on f; "
                         f"fitted from ∇f: p = {float(r.p_grad):.6f} (fit rms "
                         f"{float(r.resid_grad):.1e}), from φ_q^ε(∇f): p = {float(r.p_phi):.6f}, "
                         f"2 − m = {paper:.6f}; the balance 2 − m holds in the dual variables "
                         f"φ_q^ε(∇f) = −α∇M, not on f (docs/mirror.md, 'Table 1, measured'); "
                         f"{solve}"
                     )
-                    name = f"PAPER.md §6 effective penalty on f, p from ∇f = 2 − m, {label}"
+                    name = f"theory §6 effective penalty on f, p from ∇f = 2 − m, {label}"
                     measured = float(r.p_grad) if ok else np.nan
                     out.append(within(name, measured, paper, tol, detail))
                 residual = float(r.stationarity)
@@ -331,7 +331,7 @@ def figures(ds: xr.Dataset) -> dict:
                     if q < 2:
                         ax.plot(float(r.predicted), float(r.p_grad), "^", color=color)
     ax.plot([0.2, 1.6], [0.2, 1.6], "k-", lw=0.6)
-    ax.set_xlabel("predicted p (PAPER.md §6)")
+    ax.set_xlabel("predicted p (theory §6)")
     ax.set_ylabel("measured p")
     ax.set_title(
         "o coupled (from ∇f), □ decoupled (from φ_q^ε(∇f));\nblue q = 2, red q < 2; "
