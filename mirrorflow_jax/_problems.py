@@ -1,4 +1,4 @@
-"""Losses f(x) on effective linear weights, and seeded data sets (PAPER.md §2, §5, §7).
+"""Losses f(x) on effective linear weights, and seeded data sets (docs/theory.md §2, §5, §7).
 
 A problem is an equinox Module holding its data and called on x; it is a PyTree, so its
 arrays are traced (not baked in as constants) when passed to `solve_flow` or vmapped over.
@@ -97,7 +97,7 @@ class LinearClassification(eqx.Module):
 
 
 class ScalarToy(eqx.Module):
-    r"""The saddle-escape toy f(x) = Σ_j (x_j − target)² / 2 (PAPER.md §5, target 1).
+    r"""The saddle-escape toy f(x) = Σ_j (x_j − target)² / 2 (docs/theory.md §5, target 1).
 
     Any dimension: it is called on x of shape (dim,) and returns a scalar.
 

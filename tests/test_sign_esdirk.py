@@ -291,7 +291,7 @@ def test_unbalanced_crossing_is_not_parked():
 def test_leaves_the_origin_like_a_vanishing_init(depth, beta):
     """All factors 0 is an equilibrium of the field (∂x/∂w = 0); the solver continues it as the
     limit of the balanced init α → 0: from α = 0 it ends within 1e-4 of the solve from
-    α = 1e-6. Without decay the sign flow leaves in time O(α) (PAPER.md §5); with coupled
+    α = 1e-6. Without decay the sign flow leaves in time O(α) (docs/theory.md §5); with coupled
     decay β at depth 2 a part leaves where |∇f| > β, and at depth 3 the decay term
     β·w_i/|∂x/∂w_i| ~ β/α wins and x stays at 0."""
     loss = small_regression(seed=1, n=5, d=8, k=2)

@@ -1,11 +1,11 @@
 """Classification: normalized margins of gradient flow and sign flow on separable data against
-the ℓ2 / ℓ1 / ℓ∞ / ℓ_{2/L} max-margin values, across depth (PAPER.md §7, §8).
+the ℓ2 / ℓ1 / ℓ∞ / ℓ_{2/L} max-margin values, across depth (docs/theory.md §7, §8).
 
 Steepest descent on separable data drives the direction x/‖x‖ to a max-margin solution: the
 flow dw/dt = −φ_q(∇_w F) on the factors of the signed model x = ∏u_i − ∏v_i is steepest descent
 for the ℓ_r norm of the factors, r = q/(q − 1), and min Σ_i |w_i|^r over factors with product
 x_j is L·|x_j|^(r/L), so the predicted margin is the ℓ_{r/L} one (**derived**, following the
-homogeneous-network results that PAPER.md §7 summarizes):
+homogeneous-network results that docs/theory.md §7 summarizes):
 
 | flow | L = 1 | L = 2 | L ≥ 3 |
 |---|---|---|---|
@@ -542,7 +542,7 @@ def _sparsity_check(ds: xr.Dataset) -> list[Check]:
             "> 0",
             0.0,
             bool(change > 0),
-            f"PAPER.md §7–8: depth lets SignGF recover the sparse truth; {detail}",
+            f"theory §7–8: depth lets SignGF recover the sparse truth; {detail}",
         )
     ]
 

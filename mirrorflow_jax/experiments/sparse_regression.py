@@ -1,5 +1,5 @@
 """Sparse regression: recovery of a sparse truth by gradient flow and sign flow against the init
-scale, depth and q, and the discrete optimizers next to their flows (PAPER.md §4, §5, §8).
+scale, depth and q, and the discrete optimizers next to their flows (theory §4, §5, §8).
 
 On an underdetermined regression f(x) = ‖Ax − b‖²/(2n) with a k-sparse truth x* (b = Ax*), the
 signed model x = ∏u_i − ∏v_i starts at the saddle u_1 = v_1 = 0, every other factor λ (the
@@ -8,17 +8,17 @@ f(x) ≤ ``fit_fraction``·f(x(0)) (an event), or until ``t1``. The run measures
 
 - the recovery error ‖x − x*‖₂ and the distance to the minimum-ℓ1 interpolant x_ℓ1, computed
   independently as the linear program min ‖x‖₁ s.t. Ax = b (scipy's HiGHS). Gradient flow is
-  mirror descent with a potential that tends to the ℓ1 norm as λ → 0 (PAPER.md §4), so its
+  mirror descent with a potential that tends to the ℓ1 norm as λ → 0 (docs/theory.md §4), so its
   endpoint should approach x_ℓ1 as λ shrinks; when k is small enough for ℓ1 recovery, x_ℓ1 = x*;
 - support recovery: whether the k largest |x_j| are the true support, and the support margin
   min_{j ∈ S} |x_j| − max_{j ∉ S} |x_j| (positive when a threshold separates S);
 - the sign flow (q = 1, structure-preserving smoothing φ_1^ε, docs/smoothing.md) for several ε:
-  its implicit bias is open (PAPER.md §4), so the run records it and checks that the endpoint
+  its implicit bias is open (theory §4), so the run records it and checks that the endpoint
   does not hinge on ε;
 - gradient descent (``optax.sgd``-equivalent `steepest_descent` at q = 2), sign descent (q = 1,
   ε = 0) and Adam (``optax.adam``) at small learning rates η, against gradient flow and the sign
   flow at the times t = η·k, on one (depth, λ). Adam is compared with the sign flow, its
-  continuous proxy (PAPER.md §1).
+  continuous proxy (docs/theory.md §1).
 
 Once a flow has fitted the data, the discrete comparison holds it at its fitted state (it moves
 by less than the residual afterwards, while the smoothed sign flow becomes stiff there).
@@ -415,7 +415,7 @@ def _sign_checks(ds: xr.Dataset) -> list[Check]:
             int(fitted.size),
             0,
             bool(fitted.all()),
-            "PAPER.md §5: escape time independent of alpha when m = q(L−1)/L < 1",
+            "theory §5: escape time independent of alpha when m = q(L−1)/L < 1",
         )
     ]
     for q in np.unique(ds.q.values[ds.q.values < 2]):
@@ -426,7 +426,7 @@ def _sign_checks(ds: xr.Dataset) -> list[Check]:
         spread = float(np.abs(x - x[..., :1, :]).max())
         eps = ", ".join(f"{e:g}" for e in ds.eps.sel(flow=flows).values)
         name = f"q={q:g}: endpoint spread across eps (max |Δx|)"
-        detail = f"ε ∈ {{{eps}}}; the q = 1 Filippov solution need not be unique (PAPER.md §1)"
+        detail = f"ε ∈ {{{eps}}}; the q = 1 Filippov solution need not be unique (theory §1)"
         out.append(within(name, spread, 0.0, float(ds.attrs["eps_tolerance"]), detail))
     return out
 
