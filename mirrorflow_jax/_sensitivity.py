@@ -12,8 +12,8 @@ from jaxtyping import ArrayLike
 from ._custom_types import Loss, Params, ScalarLike
 from ._flow import SteepestFlow
 from ._models import AbstractReparam
-from ._rosenbrock import Rodas4
-from ._sign_esdirk import SignFlowKvaerno3, _check_setup as check_sign_flow_setup
+from ._solver.rodas4 import Rodas4
+from ._solver.sign_kvaerno3 import SignFlowKvaerno3, _check_setup as check_sign_flow_setup
 from ._solve import solve_flow
 from ._validate import as_float, check_range, is_concrete
 

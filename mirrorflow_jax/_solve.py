@@ -14,7 +14,7 @@ from ._custom_types import Loss, Params, ScalarLike
 from ._flow import AbstractFlow, FlowArgs
 from ._geometry import Lp
 from ._models import AbstractReparam, effective_weights
-from ._sign_esdirk import SignFlowKvaerno3
+from ._solver.sign_kvaerno3 import SignFlowKvaerno3
 from ._validate import as_float, check_int, check_params, is_concrete
 
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import mirrorflow_jax as mf
-from mirrorflow_jax._linear import _block_inverses, _gauss_jordan, woodbury_solve
-from mirrorflow_jax._rosenbrock import _rows, _unrows
+from mirrorflow_jax._solver.linear import _block_inverses, _gauss_jordan, woodbury_solve
+from mirrorflow_jax._solver.rows import rows as _rows, unrows as _unrows
 
 from .helpers import positive_signed_model, radau_reference, small_regression
 

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 import mirrorflow_jax as mf
-from mirrorflow_jax._rosenbrock import _rows, _unrows, linearized_rows
-from mirrorflow_jax._sign_esdirk import _entry_argument
+from mirrorflow_jax._solver.rows import linearized_rows, rows as _rows, unrows as _unrows
+from mirrorflow_jax._solver.sign_kvaerno3 import _entry_argument
 
 from .helpers import positive_signed_model, radau_reference, small_regression
 

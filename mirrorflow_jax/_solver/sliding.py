@@ -27,7 +27,7 @@ def resting_signs(base, sign, u, signs_of, fixed):
     at 0 (w_i = 0 and ∂x/∂w_i = 0: every factor of the part is 0) that grow again under the
     velocity u. Such a part restarts with its factors equal in size and of one sign s = ±1,
     the limit of the balanced start from factors s·α as α → 0 (the sign flow leaves it in
-    time O(α), PAPER.md §5); ``signs_of(rows)`` gives sign(∂x/∂w) at factor rows. It grows
+    time O(α), docs/theory.md §5); ``signs_of(rows)`` gives sign(∂x/∂w) at factor rows. It grows
     when the velocity −sign(∂x/∂w_i)·u_j under that pattern points along s; a part that
     cannot (an even-depth product whose sign u opposes) stays at rest."""
     resting = (base == 0) & (sign == 0) & ~fixed

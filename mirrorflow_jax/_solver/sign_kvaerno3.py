@@ -31,12 +31,12 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 
-from ._flow import FlowArgs, SteepestFlow
-from ._linear import BlockLowRankOperator, woodbury_solve
-from ._models import AbstractReparam
-from ._rosenbrock import _rows, _unrows, linearized_rows
-from ._sliding import entry_stage, stage_signs
-from ._validate import check_choice, check_int, check_range, is_concrete
+from .._flow import FlowArgs, SteepestFlow
+from .._models import AbstractReparam
+from .._validate import check_choice, check_int, check_range, is_concrete
+from .linear import BlockLowRankOperator, woodbury_solve
+from .rows import linearized_rows, rows as _rows, unrows as _unrows
+from .sliding import entry_stage, stage_signs
 
 UNKNOWNS = ("auto", "coordinate", "entry")
 _TABLEAU = diffrax.Kvaerno3.tableau

@@ -16,10 +16,10 @@ from diffrax import AbstractLocalInterpolation
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array
 
-from ._flow import FlowArgs, SteepestFlow
-from ._linear import BlockLowRankOperator, WoodburySolver, relative_residual
-from ._models import AbstractReparam
-from ._validate import check_choice, check_range
+from .._flow import FlowArgs, SteepestFlow
+from .._validate import check_choice, check_range
+from .linear import WoodburySolver, relative_residual
+from .rows import rows, supports_structured, unrows, velocity_and_jacobian
 
 STRUCTURES = ("auto", "structured", "dense")
 
@@ -86,30 +86,6 @@ class Rodas4Interpolation(AbstractLocalInterpolation):
         return jax.tree.map(point, self.y0, self.y1, self.k1, self.k2)
 
 
-class _Linear(eqx.Module):
-    """The linear loss x ↦ g·x, whose gradient through a model is g ⊙ ∂x/∂w."""
-
-    g: Array
-
-    def __call__(self, x):
-        return jnp.dot(self.g, x)
-
-
-def _rows(tree, dim: int) -> Array:
-    """Lay a separable model's leaves out as one (R, dim) array of factor rows."""
-    return jnp.concatenate([jnp.reshape(leaf, (-1, dim)) for leaf in jax.tree.leaves(tree)])
-
-
-def _unrows(rows: Array, like):
-    leaves, treedef = jax.tree.flatten(like)
-    out, start = [], 0
-    for leaf in leaves:
-        count = leaf.size // rows.shape[1]
-        out.append(jnp.reshape(rows[start : start + count], leaf.shape))
-        start += count
-    return jax.tree.unflatten(treedef, out)
-
-
 def _autonomous(args) -> bool:
     """True when the solve's field does not depend on t (a SteepestFlow with constant decay),
     so the ∂f/∂t terms of the stages vanish."""
@@ -118,73 +94,6 @@ def _autonomous(args) -> bool:
         and isinstance(args.flow, SteepestFlow)
         and not callable(args.flow.decoupled_wd)
     )
-
-
-def supports_structured(args, y) -> bool:
-    """Whether `Rodas4` can use the block-plus-low-rank Jacobian for this solve: a
-    `SteepestFlow` on a separable toolkit model, under a loss with ``hessian_factor``."""
-    return (
-        isinstance(args, FlowArgs)
-        and isinstance(args.flow, SteepestFlow)
-        and isinstance(y, AbstractReparam)
-        and hasattr(args.loss, "hessian_factor")
-    )
-
-
-def _velocity_and_jacobian(flow: SteepestFlow, model: AbstractReparam, loss, t):
-    """The velocity in the (R, d) row layout and its `structured_jacobian`, from one
-    linearization of the flow (the velocity is the linearization's primal output)."""
-    return linearized_rows(lambda m, f: flow(t, m, f), model, loss)
-
-
-def linearized_rows(fn, model: AbstractReparam, loss):
-    """``fn(model, loss)`` (a PyTree like ``model``, separable in the coordinate given the
-    loss gradient g) in the (R, d) row layout, and its Jacobian in the factors as a
-    `BlockLowRankOperator`, from one linearization in (w, g) with R + 1 tangents."""
-    x = model()
-    dim = x.shape[0]
-    w = _rows(model, dim)
-    g = jax.grad(loss)(x)
-
-    def rows_of(w_rows, g_):
-        return _rows(fn(_unrows(w_rows, model), _Linear(g_)), dim)
-
-    value, linear = jax.linearize(rows_of, w, g)
-    # R + 1 tangents in one batch: (e_s ⊗ 1, 0) gives column s of every block at once (the
-    # model is separable), (0, 1) gives ∂fn/∂g_j entry by entry.
-    rows = w.shape[0]
-    w_tangents = jnp.concatenate(
-        [jnp.eye(rows, dtype=w.dtype)[:, :, None] * jnp.ones_like(x), jnp.zeros_like(w)[None]]
-    )
-    g_tangents = jnp.concatenate([jnp.zeros((rows, dim), g.dtype), jnp.ones_like(g)[None]])
-    columns = jax.vmap(linear)(w_tangents, g_tangents)
-    operator = BlockLowRankOperator(
-        blocks=jnp.transpose(columns[:rows], (2, 1, 0)),
-        left=columns[rows],
-        right=_rows(model.factor_jacobian(), dim),
-        factor=loss.hessian_factor(x),
-    )
-    return value, operator
-
-
-def structured_jacobian(flow: SteepestFlow, model: AbstractReparam, loss, t=0.0):
-    r"""The Jacobian J = ∂v/∂w of the steepest-flow velocity v = ``flow(t, model, loss)`` as a
-    `BlockLowRankOperator` on the (R, d) row layout of the model's factors.
-
-    Writing v(w) = Φ(w, g(x(w))) with g = ∇f(x), and Φ separable in the coordinate j given g,
-
-        J = ∂Φ/∂w|_g + diag(∂Φ/∂g) E ∇²f Eᵀ diag(∂x/∂w),   ∇²f = C Cᵀ,
-
-    the first term is block diagonal (one R×R block per coordinate) and the second has rank
-    r (= n for regression and classification losses); E copies coordinate j to its R factor
-    entries. All of it comes from one linearization of the flow with R + 1 tangents, so it
-    covers both smoothing placements and coupled and decoupled weight decay.
-
-    **Arguments:** ``flow`` a `SteepestFlow`; ``model`` a separable `AbstractReparam` (every
-    leaf's last axis is the coordinate); ``loss`` with ``hessian_factor(x) -> C`` of shape
-    (d, r); ``t`` the time.
-    """
-    return _velocity_and_jacobian(flow, model, loss, t)[1]
 
 
 class Rodas4(diffrax.AbstractAdaptiveSolver):
@@ -248,10 +157,10 @@ class Rodas4(diffrax.AbstractAdaptiveSolver):
             )
         if self.structure != "dense" and structured:
             dim = y0().shape[0]
-            field0, jacobian = _velocity_and_jacobian(args.flow, y0, args.loss, t0)
+            field0, jacobian = velocity_and_jacobian(args.flow, y0, args.loss, t0)
             operator = jacobian.shifted(scale)
             solver = WoodburySolver()
-            flatten, unflatten = (lambda y: _rows(y, dim)), (lambda r: _unrows(r, y0))
+            flatten, unflatten = (lambda y: rows(y, dim)), (lambda r: unrows(r, y0))
         else:
             flat0, unflatten = ravel_pytree(y0)
             flatten = lambda y: ravel_pytree(y)[0]  # noqa: E731
