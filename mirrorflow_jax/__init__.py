@@ -31,6 +31,11 @@ from ._linear import (
     BlockLowRankOperator as BlockLowRankOperator,
     WoodburySolver as WoodburySolver,
 )
+from ._margins import (
+    MaxMargin as MaxMargin,
+    max_margin as max_margin,
+    min_l1_interpolant as min_l1_interpolant,
+)
 from ._mirror import (
     DeepDiagonalMirror as DeepDiagonalMirror,
     MirrorFlow as MirrorFlow,

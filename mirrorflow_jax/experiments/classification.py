@@ -49,6 +49,7 @@ import optimistix as optx
 import xarray as xr
 
 import mirrorflow_jax as mf
+from mirrorflow_jax._margins import min_weighted_l1_separator
 from mirrorflow_jax._validate import check_int, check_range
 
 from ._base import Check, checkpoint_dir, within
@@ -168,47 +169,6 @@ def normalized_margin(G: np.ndarray, x: np.ndarray, p: float) -> np.ndarray:
     return np.einsum("nd,...d->...n", G, x).min(-1) / norm
 
 
-def max_margin_l2(G: np.ndarray) -> np.ndarray:
-    """argmin ‖x‖₂ s.t. Gx ≥ 1, by least-distance programming: with u ≥ 0 the NNLS solution of
-    [Gᵀ; 1ᵀ]u ≈ (0, …, 0, 1) and r its residual, x = −r_{1:d}/r_{d+1} (Lawson & Hanson)."""
-    from scipy.optimize import nnls
-
-    n, d = G.shape
-    E = np.vstack([G.T, np.ones((1, n))])
-    target = np.zeros(d + 1)
-    target[-1] = 1.0
-    u, _ = nnls(E, target, maxiter=50 * (n + d))
-    residual = E @ u - target
-    return -residual[:d] / residual[d]
-
-
-def min_weighted_l1(G: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """argmin Σ_j w_j|x_j| s.t. Gx ≥ 1, as an LP in x = x⁺ − x⁻."""
-    from scipy.optimize import linprog
-
-    n, d = G.shape
-    res = linprog(
-        np.tile(weights, 2), A_ub=-np.hstack([G, -G]), b_ub=-np.ones(n), bounds=(0, None)
-    )
-    if res.status != 0:
-        raise RuntimeError(f"the weighted ℓ1 linear program failed: {res.message}")
-    return res.x[:d] - res.x[d:]
-
-
-def max_margin_linf(G: np.ndarray) -> np.ndarray:
-    """argmax γ s.t. Gx ≥ γ, ‖x‖_∞ ≤ 1, as an LP in (x, γ)."""
-    from scipy.optimize import linprog
-
-    n, d = G.shape
-    cost = np.zeros(d + 1)
-    cost[-1] = -1.0
-    bounds = [(-1.0, 1.0)] * d + [(None, None)]
-    res = linprog(cost, A_ub=np.hstack([-G, np.ones((n, 1))]), b_ub=np.zeros(n), bounds=bounds)
-    if res.status != 0:
-        raise RuntimeError(f"the ℓ∞ linear program failed: {res.message}")
-    return res.x[:d]
-
-
 def local_max_margin(G: np.ndarray, x0: np.ndarray, p: float, iterations: int) -> np.ndarray:
     """A local maximizer of γ_p for p < 1 near x0, by iteratively reweighted ℓ1: each step
     solves min Σ_j w_j|x_j| s.t. Gx ≥ 1 with w_j = (|x_j| + δ)^(p−1), δ = 1e-6·‖x‖_∞, a
@@ -216,7 +176,7 @@ def local_max_margin(G: np.ndarray, x0: np.ndarray, p: float, iterations: int) -
     x = x0 / np.min(G @ x0)
     for _ in range(iterations):
         magnitude = np.abs(x)
-        x = min_weighted_l1(G, (magnitude + 1e-6 * magnitude.max()) ** (p - 1))
+        x = min_weighted_l1_separator(G, (magnitude + 1e-6 * magnitude.max()) ** (p - 1))
     return x
 
 
@@ -328,12 +288,14 @@ def _direct_sweep(problem, config: Config, workdir, progress) -> xr.Dataset:
 
 
 def _references(G: np.ndarray) -> dict[str, np.ndarray]:
-    """The max-margin solutions in ℓ2 (QP), ℓ1 and ℓ∞ (LPs)."""
-    return {
-        "l2": max_margin_l2(G),
-        "l1": min_weighted_l1(G, np.ones(G.shape[1])),
-        "linf": max_margin_linf(G),
-    }
+    """The max-margin solutions in ℓ2 (QP), ℓ1 and ℓ∞ (LPs) by `max_margin`: for ℓ2 and ℓ1
+    the minimum-norm x with Gx ≥ 1, for ℓ∞ the maximizer with ‖x‖_∞ = 1."""
+    labels = np.ones(G.shape[0])
+    references = {}
+    for name, p in P.items():
+        value, direction = mf.max_margin(G, labels, p)
+        references[name] = direction if np.isinf(p) else direction / value
+    return references
 
 
 def _quasi_norm_margins(ds: xr.Dataset, G, x_l1, iterations) -> dict[str, tuple]:

@@ -156,17 +156,6 @@ def _check_flows(qs, eps):
 # ----------------------------------------------------------------------------- references
 
 
-def min_l1_interpolant(A: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """argmin ‖x‖₁ s.t. Ax = b, as the LP min 1ᵀ(x⁺ + x⁻) s.t. A(x⁺ − x⁻) = b, x± ≥ 0."""
-    from scipy.optimize import linprog
-
-    d = A.shape[1]
-    res = linprog(np.ones(2 * d), A_eq=np.hstack([A, -A]), b_eq=b, bounds=(0, None))
-    if res.status != 0:
-        raise RuntimeError(f"the ℓ1 linear program failed: {res.message}")
-    return res.x[:d] - res.x[d:]
-
-
 def support_margin(x: np.ndarray, support: np.ndarray) -> np.ndarray:
     """min_{j ∈ S} |x_j| − max_{j ∉ S} |x_j| along the last axis (S: boolean mask)."""
     magnitude = np.abs(x)
@@ -275,7 +264,7 @@ def run(config: Config, *, workdir=None, progress: bool = False) -> xr.Dataset:
     """Solve every (α, depth, flow), the LP reference and the discrete comparison."""
     problem = mf.sparse_regression(jax.random.key(config.seed), n=config.n, d=config.d, k=config.k)
     A, b, truth = (np.asarray(v) for v in (problem.A, problem.b, problem.truth))
-    x_l1 = min_l1_interpolant(A, b)
+    x_l1 = mf.min_l1_interpolant(A, b)
     support = truth != 0
 
     ds = _solve_grid(problem, config, workdir, progress)
