@@ -1,11 +1,54 @@
-"""The ``mirrorflow`` command line: ``demo``, ``run CONFIG.yaml`` and ``list``."""
+"""The ``mirrorflow`` command line: ``demo``, ``run NAME`` (or ``run FILE.yaml``) and ``list``."""
 
 import argparse
+import contextlib
+import importlib.resources
 import pathlib
 import sys
 import time
 
-CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = importlib.resources.files(__package__) / "configs"
+"""The shipped configs (package data): ``CONFIGS / "<experiment>.yaml"``."""
+
+RESUME_HINT = "interrupted; rerun the same command to resume"
+EXTRA_HINT = "pip install 'mirrorflow_jax[experiments]'"
+EXPERIMENT_PACKAGES = ("yaml", "matplotlib", "scipy", "sklearn")
+
+
+class _UsageError(Exception):
+    """A problem with the command line, reported in one line with exit status 2."""
+
+
+def _config_file(name_or_path: str):
+    """The config for ``mirrorflow run``: an existing file, else a shipped experiment's config."""
+    path = pathlib.Path(name_or_path)
+    if path.is_file() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        return contextlib.nullcontext(path)  # a path: load_config reports a missing file
+    from .experiments import EXPERIMENTS
+
+    shipped = CONFIGS / f"{name_or_path}.yaml"
+    if not shipped.is_file():
+        raise _UsageError(
+            f"{name_or_path!r} is neither a config file nor an experiment; the experiments "
+            f"are {', '.join(EXPERIMENTS)} (see `mirrorflow list`)."
+        )
+    return importlib.resources.as_file(shipped)
+
+
+def _output_folder(out: pathlib.Path) -> pathlib.Path:
+    """``out`` created and writable, else a one-line `_UsageError` saying why not."""
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except FileExistsError:
+        raise _UsageError(f"--out {out}: a file of that name exists; give a folder.") from None
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise _UsageError(f"--out {out} cannot be used as the output folder: {reason}.") from None
+    return out
 
 
 def _demo(args) -> int:
@@ -15,10 +58,9 @@ def _demo(args) -> int:
     from . import save_dataset
     from .experiments import demo
 
+    out = _output_folder(pathlib.Path(args.out))
     start = time.perf_counter()
     ds = demo.run()
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     save_dataset(ds, out / "demo.nc")
     demo.plot(ds).savefig(out / "demo.png", dpi=120)
     print(demo.summary(ds))
@@ -30,13 +72,14 @@ def _run(args) -> int:
     from .experiments import _runner
 
     try:
-        loaded = _runner.load_config(args.config, quick=args.quick, overrides=args.set)
+        with _config_file(args.config) as path:
+            loaded = _runner.load_config(path, quick=args.quick, overrides=args.set)
     except _runner.ConfigError as error:
         print(f"mirrorflow run: error: {error}", file=sys.stderr)
         return 2
     out = pathlib.Path(args.out or f"results/{loaded.name}{'-quick' if args.quick else ''}")
     summary = _runner.run_experiment(
-        loaded, out, quick=args.quick, progress=args.progress and sys.stderr.isatty()
+        loaded, _output_folder(out), quick=args.quick, progress=args.progress
     )
     _runner.print_summary(summary, out)
     return 1 if args.strict and not summary["all_held"] else 0
@@ -48,19 +91,28 @@ def _list(args) -> int:
     rows = _runner.describe_experiments(CONFIGS)
     width = max(len(name) for name, _, _ in rows)
     for name, description, config in rows:
-        print(f"{name:<{width}}  {description}\n{'':<{width}}  config: {config}")
+        print(f"{name:<{width}}  {description}")
+        print(f"{'':<{width}}  run: mirrorflow run {name} [--quick]   config: {config}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mirrorflow", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="mirrorflow",
+        description=__doc__,
+        epilog="Experiments need the experiments extra: " + EXTRA_HINT,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="solve real flows, print a summary, write a figure")
     demo.add_argument("--out", default="results", help="output folder (default: results)")
     demo.set_defaults(handler=_demo)
 
-    run = commands.add_parser("run", help="run an experiment from its YAML config")
-    run.add_argument("config", help="the experiment's YAML file, e.g. configs/balance.yaml")
+    run = commands.add_parser("run", help="run an experiment by name, or from a YAML config")
+    run.add_argument(
+        "config",
+        metavar="NAME|CONFIG.yaml",
+        help="an experiment's name (its shipped config, see `mirrorflow list`) or a YAML file",
+    )
     run.add_argument("--quick", action="store_true", help="apply the config's quick: block")
     run.add_argument(
         "--out", help="output folder (default: results/<experiment>[-quick]); rerun to resume"
@@ -73,13 +125,34 @@ def main(argv: list[str] | None = None) -> int:
         help="override a config key (value read as YAML, e.g. --set qs=[1,2]); repeatable",
     )
     run.add_argument("--strict", action="store_true", help="exit with status 1 if any check fails")
-    run.add_argument("--no-progress", dest="progress", action="store_false")
+    run.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress on stderr (a bar on a terminal, else one log line per step)",
+    )
     run.set_defaults(handler=_run)
 
     listing = commands.add_parser("list", help="list the experiments and their configs")
     listing.set_defaults(handler=_list)
     args = parser.parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except _UsageError as error:
+        print(f"mirrorflow {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:
+        if error.name not in EXPERIMENT_PACKAGES:
+            raise
+        print(
+            f"mirrorflow {args.command}: error: {error.name} is missing; {EXTRA_HINT}",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        hint = RESUME_HINT if args.command == "run" else "interrupted"
+        print(f"\nmirrorflow {args.command}: {hint}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -333,8 +333,9 @@ def _relative(path: pathlib.Path) -> str:
         return str(path)
 
 
-def describe_experiments(configs: pathlib.Path) -> list[tuple[str, str, str]]:
-    """(name, one-line description, config file) for every registered experiment."""
+def describe_experiments(configs) -> list[tuple[str, str, str]]:
+    """(name, one-line description, config file) for every registered experiment; ``configs``
+    is the folder (a path or an `importlib.resources` traversable) of the shipped configs."""
     rows = []
     for name in EXPERIMENTS:
         try:
@@ -343,7 +344,8 @@ def describe_experiments(configs: pathlib.Path) -> list[tuple[str, str, str]]:
             summary = f"(cannot be imported: {error})"
         description = textwrap.shorten(" ".join(summary.split()), width=110, placeholder=" …")
         config = configs / f"{name}.yaml"
-        rows.append((name, description, _relative(config) if config.exists() else "-"))
+        shown = _relative(config) if isinstance(config, pathlib.Path) else str(config)
+        rows.append((name, description, shown if config.is_file() else "-"))
     return rows
 
 
