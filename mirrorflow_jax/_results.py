@@ -20,6 +20,13 @@ def provenance() -> dict[str, str]:
     }
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_dataset(ds: xr.Dataset, path: str | os.PathLike) -> pathlib.Path:
     """Write ``ds`` to netCDF (h5netcdf engine) with provenance attrs; atomic rename, so an
     interrupted write never leaves a corrupt file at ``path``.
@@ -35,6 +42,7 @@ def save_dataset(ds: xr.Dataset, path: str | os.PathLike) -> pathlib.Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".nc.tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain new file would not be
         ds.to_netcdf(tmp, engine="h5netcdf")
         os.replace(tmp, path)
     finally:
