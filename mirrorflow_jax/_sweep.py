@@ -17,9 +17,9 @@ import xarray as xr
 from jax.experimental import multihost_utils
 from jax.extend.core import ClosedJaxpr, jaxpr_as_fun, jaxprs_in_params
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from tqdm.auto import tqdm
 
 from ._checkpoints import _ChunkStore, _fingerprint
+from ._progress import Progress
 from ._results import provenance
 from ._solve import FlowSolution
 from ._validate import check_choice, check_int
@@ -494,8 +494,10 @@ def sweep(
     ``CheckpointWarning`` and its chunk recomputed (a directory holding only another sweep's
     chunks is refused); stale temporary files are removed. The check cannot see inside
     ``fn``: after changing it, use a new directory. Only process 0
-    writes; on several hosts the directory must be shared. ``progress`` shows a bar over chunks
-    with an ETA (default: when there is more than one chunk).
+    writes; on several hosts the directory must be shared. ``progress`` reports the chunks on
+    stderr, as a bar on a terminal and as plain log lines otherwise, with the compile time apart
+    and left out of the ETA (True: from the start; False: never; default: once the sweep has run
+    for 3 s).
 
     **Arguments:**
 
@@ -571,14 +573,8 @@ def sweep(
     chunks = list(_chunks(grid.members(), grid.size, chunk_size))
     loaded = {} if store is None else store.resume(len(chunks))  # verified; bad ones warned
     resumed = sorted(loaded)
-    show = len(chunks) > 1 if progress is None else progress
-    bar = tqdm(
-        total=len(chunks),
-        initial=len(resumed),
-        unit="chunk",
-        desc="sweep",
-        disable=not show or jax.process_index() != 0,
-    )
+    shown = progress if jax.process_index() == 0 else False
+    bar = Progress(len(chunks), desc="sweep", done=len(resumed), show=shown)
     start = time.perf_counter()
     results = []
     with bar:
@@ -586,10 +582,11 @@ def sweep(
             if k in loaded:
                 results.append(loaded.pop(k))
                 continue
+            compiled = runner.compile_seconds
             results.append(runner(members))
             if store is not None:
                 store.save(k, results[-1])
-            bar.update()
+            bar.step_done(runner.compile_seconds - compiled)
     leaves = [np.concatenate(parts) for parts in zip(*results, strict=True)]
     run_seconds = time.perf_counter() - start - runner.compile_seconds
 
