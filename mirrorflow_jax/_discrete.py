@@ -359,6 +359,8 @@ def trajectory_gap(
 
         gap = max_j ‖z_{k_j} − z(t_j)‖_∞,    z = x (effective weights) or θ (all parameters)
 
+    where ‖·‖_∞ runs over every entry of every leaf (for plain PyTree parameters x is θ).
+
     For a consistent one-step method (GD ↔ GF, sign descent ↔ SignGF, Adam ↔ the Adam ODE) the
     gap over a fixed time horizon is O(η).
 
@@ -387,6 +389,10 @@ def trajectory_gap(
     check_range("learning_rate", learning_rate, 0.0, lo_open=True)
     check_choice("space", space, GAP_SPACES)
     _check_aligned(run, sol, learning_rate)
-    if space == "x":
-        return _max_abs_diff([run.x], [sol.x])
-    return _max_abs_diff(jax.tree.leaves(run.params), jax.tree.leaves(sol.params))
+    run_z, sol_z = (run.x, sol.x) if space == "x" else (run.params, sol.params)
+    if jax.tree.structure(run_z) != jax.tree.structure(sol_z):
+        raise ValueError(
+            f"`run` and `sol` must hold the same kind of {space!r}: got PyTrees of structure "
+            f"{jax.tree.structure(run_z)} and {jax.tree.structure(sol_z)}."
+        )
+    return _max_abs_diff(jax.tree.leaves(run_z), jax.tree.leaves(sol_z))

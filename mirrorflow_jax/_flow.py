@@ -76,13 +76,15 @@ class SteepestFlow(AbstractFlow):
     - ``"naive"``: φ_q^ε on the full gradient ∇_θF. Works for any PyTree and mimics Adam's ε,
       but near a saddle (|∇_θF| ≪ ε) it is gradient flow slowed by 1/ε, and it breaks the
       balance laws and the mirror-flow equivalence.
-    - ``"structured"`` (separable models only): for ∂F/∂w_i = g ⊙ P_i with g = ∇f(x) and
-      P_i = ∂x/∂w_i, the flow is dw_i/dt = −φ_q^ε(g)·φ_q(P_i), which keeps the balance laws
-      and the equivalence with the smoothed mirror flow exact. It is computed as
+    - ``"structured"`` (models declaring ``separable = True`` only): for ∂F/∂w_i = g ⊙ P_i
+      with g = ∇f(x) and P_i = ∂x/∂w_i, the flow is dw_i/dt = −φ_q^ε(g)·φ_q(P_i), which
+      keeps the balance laws and the equivalence with the smoothed mirror flow exact. It is
+      computed as
       φ_q^{ε|P_i|}(∇_{w_i} F), an identity of both smoothings
       (φ_q^{ε|P|}(gP) = φ_q^ε(g)·φ_q(P)), so coupled weight decay is smoothed per entry on
       the same scale.
-    - ``"auto"`` (default): structured for `AbstractReparam` models, naive otherwise.
+    - ``"auto"`` (default): structured for separable `AbstractReparam` models, naive
+      otherwise (plain PyTrees, and models declaring ``separable = False``).
 
     With ε = 0 both are the exact flow.
 
@@ -131,9 +133,18 @@ class SteepestFlow(AbstractFlow):
         return state
 
     def smoothing_for(self, params: Params) -> str:
-        """Which smoothing this flow applies to ``params``: "naive" or "structured"."""
-        structured_ok = isinstance(params, AbstractReparam)
+        """Which smoothing this flow applies to ``params``: "naive" or "structured" (only for
+        an `AbstractReparam` that declares ``separable = True``)."""
+        reparam = isinstance(params, AbstractReparam)
+        structured_ok = reparam and params.separable
         if self.smoothing_at == "structured" and not structured_ok:
+            if reparam:
+                raise ValueError(
+                    "`smoothing_at='structured'` needs a separable model; "
+                    f"{type(params).__name__} declares separable = False, and the "
+                    "structure-preserving smoothing would integrate a different ODE for it. "
+                    "Pass smoothing_at='naive' (or 'auto', which chooses it)."
+                )
             raise ValueError(
                 "`smoothing_at='structured'` needs a separable model (an AbstractReparam such "
                 f"as DeepDiagonal); got params of type {type(params).__name__}. "

@@ -130,6 +130,8 @@ def max_margin(X: ArrayLike, y: ArrayLike, norm: float = 2.0) -> MaxMargin:
     **Example:**
 
     ```python
+    import numpy as np
+
     X, y = np.eye(3), np.ones(3)
     mf.max_margin(X, y, 1).value  # 1/3: x* = (1, 1, 1)/3
     mf.max_margin(X, y, 2).value  # 1/√3
@@ -177,6 +179,8 @@ def min_l1_interpolant(A: ArrayLike, b: ArrayLike) -> np.ndarray:
     **Example:**
 
     ```python
+    import numpy as np
+
     mf.min_l1_interpolant(np.array([[1.0, 2.0]]), np.array([2.0]))  # [0., 1.]
     ```
     """

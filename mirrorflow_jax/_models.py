@@ -1,18 +1,20 @@
 """Equinox reparameterizations x = x(w) and their initializations (docs/theory.md §2–§3).
 
 Every model is an immutable PyTree of its factors and returns the effective linear weights
-``x`` when called. All models here are *separable*: x_j depends only on the factors' j-th
-entries, so the Jacobian ∂x/∂w is diagonal per factor, which is what the
-structure-preserving smoothing of `SteepestFlow` uses.
+``x`` when called. All models here are *separable* (they declare ``separable = True``): x_j
+depends only on the factors' j-th entries, so the Jacobian ∂x/∂w is diagonal per factor,
+which is what the structure-preserving smoothing of `SteepestFlow` uses.
 """
 
 import abc
 import functools
 import operator
+from typing import ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from equinox import AbstractClassVar
 from jaxtyping import Array, ArrayLike, PRNGKeyArray
 
 from ._custom_types import Factors, ScalarLike, Vector
@@ -20,11 +22,42 @@ from ._validate import as_float, check_finite, check_int, check_range, is_concre
 
 
 class AbstractReparam(eqx.Module):
-    """A separable reparameterization x = x(w) of linear weights x ∈ R^d.
+    """A reparameterization x = x(w) of linear weights x ∈ R^d.
 
     Subclasses implement ``__call__`` (the effective weights) and ``balance`` (the quantities
-    |w_i|^q − |w_1|^q that the flow conserves, stacked as an array).
+    |w_i|^q − |w_1|^q that the flow conserves, stacked as an array), and declare the class
+    variable ``separable``:
+
+    - ``separable = True``: x_j depends only on the factors' j-th entries, so ∂x/∂w is
+      diagonal per factor, ∇_w f(x(w)) = ∇f(x) ⊙ ∂x/∂w, and `SteepestFlow` may use the
+      structure-preserving smoothing (the default for such models);
+    - ``separable = False``: any other x(w); `SteepestFlow` then smooths the full gradient
+      (``smoothing_at="naive"``) and refuses ``"structured"``, which would integrate a
+      different ODE.
+
+    **Example:**
+
+    ```python
+    from typing import ClassVar
+
+
+    class Hadamard(mf.AbstractReparam):  # x = u ⊙ v
+        separable: ClassVar[bool] = True
+        u: jax.Array
+        v: jax.Array
+
+        def __call__(self):
+            return self.u * self.v
+
+        def balance(self, q):
+            return (jnp.abs(self.v) ** q - jnp.abs(self.u) ** q)[None]
+
+
+    model = Hadamard(jnp.ones(3), jnp.full(3, 0.5))  # structured smoothing under "auto"
+    ```
     """
+
+    separable: AbstractClassVar[bool]
 
     @abc.abstractmethod
     def __call__(self) -> Vector:
@@ -112,6 +145,7 @@ class DeepDiagonal(AbstractReparam):
     ```
     """
 
+    separable: ClassVar[bool] = True
     factors: Factors
 
     def __check_init__(self):
@@ -166,6 +200,7 @@ class SignedDeepDiagonal(AbstractReparam):
     **Fields:** ``u`` and ``v``, each of shape (depth, dim).
     """
 
+    separable: ClassVar[bool] = True
     u: Factors
     v: Factors
 
@@ -225,6 +260,7 @@ class SquareDiff(AbstractReparam):
     **Fields:** ``u`` and ``v``, each of shape (dim,).
     """
 
+    separable: ClassVar[bool] = True
     u: Vector
     v: Vector
 
@@ -350,6 +386,7 @@ class PaddedDeepDiagonal(AbstractReparam):
     ```
     """
 
+    separable: ClassVar[bool] = True
     factors: Factors
 
     def __check_init__(self):
@@ -395,6 +432,7 @@ class PaddedSignedDeepDiagonal(AbstractReparam):
     **Fields:** ``u`` and ``v``, each of shape (max_depth, dim).
     """
 
+    separable: ClassVar[bool] = True
     u: Factors
     v: Factors
 

@@ -1,6 +1,7 @@
 """`solve_flow`: integrate a `SteepestFlow` with diffrax and monitor the trajectory."""
 
 import abc
+import functools
 
 import diffrax
 import equinox as eqx
@@ -47,8 +48,9 @@ class AbstractEscape(eqx.Module):
     crossing zero at it, so that diffrax's root finder locates (and differentiates) its time."""
 
     @abc.abstractmethod
-    def __call__(self, x: Array, value: Array, value0: Array) -> Float[Array, ""]:
-        """Evaluate at effective weights ``x`` with loss ``value`` (initial loss ``value0``)."""
+    def __call__(self, x: Params, value: Array, value0: Array) -> Float[Array, ""]:
+        """Evaluate at effective weights ``x`` (an array for toolkit models; the parameter
+        PyTree itself for any other params) with loss ``value`` (initial loss ``value0``)."""
 
 
 class LossBelow(AbstractEscape):
@@ -73,7 +75,8 @@ class LossBelow(AbstractEscape):
 class NormAbove(AbstractEscape):
     """Escape when max_j |x_j(t)| reaches ``threshold`` (e.g. 1/2 on the scalar toy).
 
-    The event function is threshold − ‖x‖_∞, which crosses zero at the escape.
+    The event function is threshold − ‖x‖_∞, which crosses zero at the escape; for a PyTree
+    of parameters (a dict of arrays, …) ‖x‖_∞ is the largest |entry| over all its leaves.
 
     **Arguments:** ``threshold`` > 0 (default 1/2).
     """
@@ -86,7 +89,8 @@ class NormAbove(AbstractEscape):
         self.threshold = as_float(threshold)
 
     def __call__(self, x, value, value0):
-        return self.threshold - jnp.max(jnp.abs(x))
+        largest = [jnp.max(jnp.abs(leaf)) for leaf in jax.tree.leaves(x)]
+        return self.threshold - functools.reduce(jnp.maximum, largest)
 
 
 class FlowSolution(eqx.Module):
