@@ -110,7 +110,8 @@ def _fake_experiment() -> types.ModuleType:
         gap: float = 0.5
 
     def run(config, *, workdir, progress):
-        assert pathlib.Path(workdir).parent.name == "checkpoints" and progress is False
+        # progress is on by default, also when stderr is not a terminal (then as log lines)
+        assert pathlib.Path(workdir).parent.name == "checkpoints" and progress is True
         return xr.Dataset({"gap": config.gap})
 
     def checks(ds):

@@ -270,6 +270,12 @@ def _save_figures(figures: dict, out: pathlib.Path) -> list[str]:
     return files
 
 
+def _note(progress: bool, text: str):
+    """One progress line on stderr (the stages of a run; sweeps report their own chunks)."""
+    if progress:
+        print(f"mirrorflow: {text}", file=sys.stderr, flush=True)
+
+
 def run_experiment(
     loaded: LoadedConfig, out: str | pathlib.Path, *, quick: bool = False, progress: bool = False
 ) -> dict:
@@ -293,7 +299,10 @@ def run_experiment(
     found = len(list(workdir.rglob("*.nc"))) if workdir.exists() else 0
 
     start = time.perf_counter()
+    _note(progress, f"{loaded.name}{' (quick)' if quick else ''}: running, into {out}/")
     ds = loaded.module.run(loaded.config, workdir=workdir, progress=progress)
+    seconds = time.perf_counter() - start
+    _note(progress, f"{loaded.name}: computed in {seconds:.1f} s; checking, plotting, writing")
     checks = loaded.module.checks(ds)
     run_seconds = time.perf_counter() - start
 
