@@ -11,6 +11,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ._custom_types import Loss, Params, ScalarLike
 from ._geometry import Lp
+from ._loss import traced_closure
 from ._models import effective_weights
 from ._solve import AbstractEscape, FlowSolution
 from ._validate import as_float, check_choice, check_int, check_params, check_range, is_concrete
@@ -216,7 +217,8 @@ def run_optimizer(
     - ``optimizer``: any ``optax.GradientTransformation`` (`steepest_descent`, ``optax.adam``,
       ``optax.adamw``, chains, …).
     - ``params0``: a toolkit model (`DeepDiagonal`, …) or any PyTree of floating arrays.
-    - ``loss``: f(x) of the effective weights.
+    - ``loss``: f(x) of the effective weights (as in `solve_flow`: a closure's captured JAX
+      arrays are traced, so a new closure over new data does not recompile).
     - ``num_steps``: the number of steps K ≥ 1 (static: one compilation per value).
     - ``save_steps``: non-decreasing integer steps in [0, K] (default (0, K)); an array, which
       may be traced, e.g. ``steps_at_times(ts, lr)`` under ``vmap`` over lr.
@@ -241,6 +243,7 @@ def run_optimizer(
     """
     check_int("num_steps", num_steps, 1)
     _check_problem(optimizer, params0, loss)
+    loss = traced_closure(loss)
     return _run(optimizer, params0, loss, num_steps, _as_save_steps(save_steps, num_steps))
 
 
@@ -303,7 +306,7 @@ def steps_to_escape(
             "`escape` must be an AbstractEscape such as LossBelow or NormAbove; got "
             f"{type(escape).__name__}."
         )
-    return _escape(optimizer, params0, loss, escape, max_steps)
+    return _escape(optimizer, params0, traced_closure(loss), escape, max_steps)
 
 
 # ----------------------------------------------------------------------------- time map

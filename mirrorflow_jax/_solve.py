@@ -14,6 +14,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 from ._custom_types import Loss, Params, ScalarLike
 from ._flow import AbstractFlow, FlowArgs
 from ._geometry import Lp
+from ._loss import traced_closure
 from ._models import AbstractReparam, effective_weights
 from ._solver.sign_kvaerno3 import SignFlowKvaerno3
 from ._validate import as_float, check_int, check_params, is_concrete
@@ -245,7 +246,11 @@ def solve_flow(
     - ``params0``: initial parameters: a toolkit model (`DeepDiagonal`, …) or any PyTree of
       floating arrays.
     - ``loss``: f(x) of the effective weights (a `LeastSquares`, `LinearClassification`,
-      `ScalarToy`, or any callable; equinox Modules keep their data traced).
+      `ScalarToy`, or any callable). **Compilation** is cached on everything in the call that
+      is not an array, a function by identity: equinox Modules keep their data traced, and so
+      do the JAX arrays a plain Python closure captures itself (``lambda x: f(x, A, b)``
+      built anew for new A, b reuses the program); any other new callable compiles anew
+      (seconds per call), e.g. a bound method or a closure capturing NumPy arrays.
     - ``t1`` (> ``t0``), ``t0``: the time interval.
     - ``dt0``: initial step (None lets the adaptive controller choose).
     - ``saveat``: an array of save times, a ``diffrax.SaveAt``, or None for (t0, t1). Times
@@ -268,6 +273,7 @@ def solve_flow(
     """
     saveat = _as_saveat(saveat)
     _check_setup(flow, params0, loss, t0, t1, saveat, max_steps)
+    loss = traced_closure(loss)
     if isinstance(solver, SignFlowKvaerno3):
         solver.check_setup(flow, params0, loss)
         solver = solver.resolved(flow, params0)
