@@ -132,7 +132,7 @@ def compile_solve(case, model, problem, size, solver, max_steps, pcoeff=0.0, ico
 def diffrax_status(sol, max_steps: int) -> str:
     if bool(sol.ok):
         return "ok"
-    if bool(sol.result == diffrax.RESULTS.max_steps_reached):
+    if bool(sol.result == mf.RESULTS.max_steps_reached):
         return f"max_steps={max_steps} hit at t={float(sol.ts[-1]):.3g}"
     return f"failed: {sol.result}"
 

@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 # imports below are also what type checkers and the API docs read. To export a name, add it here.
 if typing.TYPE_CHECKING:
     from ._adam_flow import AdamFlow as AdamFlow, AdamState as AdamState
+    from ._checkpoints import CheckpointWarning as CheckpointWarning
     from ._discrete import (
         DiscreteEscape as DiscreteEscape,
         DiscreteRun as DiscreteRun,
@@ -31,6 +32,7 @@ if typing.TYPE_CHECKING:
         SteepestFlow as SteepestFlow,
     )
     from ._geometry import Lp as Lp, steepest_map as steepest_map
+    from ._guard import RESULTS as RESULTS
     from ._hessian import (
         HessianSpectrum as HessianSpectrum,
         hessian_eigenvalues as hessian_eigenvalues,

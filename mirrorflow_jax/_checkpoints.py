@@ -23,7 +23,9 @@ _TMP_SUFFIX = ".nc.tmp"  # what `save_dataset` writes before its atomic rename
 
 
 class CheckpointWarning(UserWarning):
-    """A checkpoint file that could not be used; its chunk is recomputed."""
+    """A sweep's checkpoint file that could not be used: unreadable, altered, misplaced
+    (another chunk's) or another sweep's. The one-line message names the file; its chunk is
+    recomputed and the file rewritten."""
 
 
 class _Invalid(Exception):

@@ -11,6 +11,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
+from . import _guard
 from ._custom_types import Loss, Params, ScalarLike
 from ._flow import AbstractFlow, FlowArgs
 from ._geometry import Lp
@@ -111,7 +112,10 @@ class FlowSolution(eqx.Module):
     - ``event_time``: the escape time located by root finding; ``inf`` if no event fired or
       none was asked for. Differentiable.
     - ``num_steps``: accepted + rejected solver steps.
-    - ``result``: a ``diffrax.RESULTS`` code; see ``ok``.
+    - ``result``: a `RESULTS` code (diffrax's codes plus ``invalid_hyperparameter``, for a
+      traced hyperparameter out of range: not run, every ``ts`` inf); ``nonfinite`` when the
+      state turned NaN/inf, ``dt_min_reached`` when steps fell below the resolution of t (a
+      finite-time blow-up); see ``ok``.
     - ``geometry``: the flow's `Lp` geometry (q, ε, smoothing kind), or None for flows
       without one; ``smoothing_at``: "naive" or "structured" (None without a geometry).
       ``q``, ``eps`` and ``smoothing`` are shortcuts into ``geometry``.
@@ -124,7 +128,7 @@ class FlowSolution(eqx.Module):
     balance: Array | None
     event_time: Float[Array, ""]
     num_steps: Int[Array, ""]
-    result: diffrax.RESULTS
+    result: _guard.RESULTS
     geometry: Lp | None
     smoothing_at: str | None = eqx.field(static=True)
 
@@ -143,7 +147,7 @@ class FlowSolution(eqx.Module):
     @property
     def ok(self) -> Bool[Array, "..."]:
         """True where the solve reached t1 or stopped at its event."""
-        return diffrax.is_okay(self.result)
+        return _guard.is_okay(self.result)
 
 
 def _vector_field(t, y, args: FlowArgs):
@@ -317,6 +321,7 @@ def _solve(
     value0 = loss(effective_weights(params0))
     if saveat.subs.ts is not None:
         saveat = eqx.tree_at(lambda s: s.subs.ts, saveat, _snap_save_times(saveat.subs.ts, t0, t1))
+    valid, t0, t1, dt0, saveat = _guard.check_traced(flow, t0, t1, dt0, saveat)
     diffrax_event = None
     if escape is not None:
         saveat = diffrax.SaveAt(subs=[saveat.subs, diffrax.SubSaveAt(t1=True)])
@@ -330,7 +335,7 @@ def _solve(
         flow.init(params0),
         args=FlowArgs(flow, loss, value0),
         saveat=saveat,
-        stepsize_controller=controller,
+        stepsize_controller=_guard.guarded(controller),
         event=diffrax_event,
         max_steps=max_steps,
         adjoint=adjoint,
@@ -349,14 +354,14 @@ def _solve(
     if isinstance(params0, AbstractReparam) and geometry is not None:
         balance = jax.vmap(lambda model: model.balance(geometry.q))(params)
     return FlowSolution(
-        ts=ts,
+        ts=jnp.where(valid, ts, jnp.inf),  # an invalid setup reached no time
         params=params,
         x=x,
         loss=jax.vmap(loss)(x),
         balance=balance,
         event_time=event_time,
         num_steps=sol.stats["num_steps"],
-        result=sol.result,
+        result=_guard.final_result(sol.result, valid),
         geometry=geometry,
         smoothing_at=flow.smoothing_for(params0),
     )

@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import diffrax
 import jax
 import numpy as np
 import xarray as xr
@@ -18,6 +17,7 @@ from jax.experimental import multihost_utils
 from jax.extend.core import ClosedJaxpr, jaxpr_as_fun, jaxprs_in_params
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from . import _guard
 from ._checkpoints import _ChunkStore, _fingerprint
 from ._progress import Progress
 from ._results import provenance
@@ -27,7 +27,14 @@ from ._validate import check_choice, check_int
 STRATEGIES = ("auto", "vmap", "map", "batched")
 MEMBERS = "members"  # the mesh axis that the sweep's members are sharded over
 STATUS_NAMES = ("ok", "finite")
-RESULT_NAMES = ("successful", "event_occurred", "max_steps_reached", "dt_min_reached", "nonfinite")
+RESULT_NAMES = (
+    "successful",
+    "event_occurred",
+    "max_steps_reached",
+    "dt_min_reached",
+    "nonfinite",
+    "invalid_hyperparameter",
+)
 
 
 # ----------------------------------------------------------------------------- grid
@@ -354,7 +361,7 @@ def _trailing_dims(name: str, shape: tuple[int, ...], coordinate: int | None) ->
 
 
 def _result_code(result) -> Any:
-    """The integer code inside a ``diffrax.RESULTS`` item."""
+    """The integer code inside a `RESULTS` item."""
     (code,) = jax.tree.leaves(result)
     return code
 
@@ -407,16 +414,20 @@ def _all_finite(leaf: np.ndarray, n: int, reached: np.ndarray | None) -> np.ndar
 
 
 def _status(out, n: int, grid_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """``finite`` (no NaN/inf in the state) and ``ok`` (finite, and the solve succeeded)."""
+    """``finite`` (no NaN/inf in the state and save times, at the times reached; False for a
+    solve that ended ``nonfinite`` or was not run, ``invalid_hyperparameter``) and ``ok``
+    (finite, and the solve succeeded)."""
+    finite = np.ones(grid_shape, bool)
     if isinstance(out, FlowSolution):
-        reached = np.isfinite(out.ts)
-        checked = jax.tree.leaves((out.x, out.loss, out.params))
-        ok = np.asarray(diffrax.is_okay(out.result))
+        reached = ~np.isposinf(out.ts)  # slots after an event or max_steps hold +inf
+        checked = jax.tree.leaves((out.ts, out.x, out.loss, out.params))
+        ok = np.asarray(_guard.is_okay(out.result))
+        for name in ("nonfinite", "invalid_hyperparameter"):
+            finite &= np.asarray(out.result != getattr(_guard.RESULTS, name))
     else:
         reached = None
         checked = jax.tree.leaves(out)
         ok = np.ones(grid_shape, bool)
-    finite = np.ones(grid_shape, bool)
     for leaf in checked:
         if np.issubdtype(leaf.dtype, np.inexact):
             finite &= _all_finite(leaf, n, reached)
@@ -426,7 +437,7 @@ def _status(out, n: int, grid_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
 def _solution_attrs(template) -> dict[str, Any]:
     if not isinstance(template, FlowSolution):
         return {}
-    codes = {name: int(_result_code(getattr(diffrax.RESULTS, name))) for name in RESULT_NAMES}
+    codes = {name: int(_result_code(getattr(_guard.RESULTS, name))) for name in RESULT_NAMES}
     attrs = {"result_codes": codes}
     if template.geometry is not None:
         attrs |= {"smoothing": template.smoothing, "smoothing_at": template.smoothing_at}
@@ -512,7 +523,7 @@ def sweep(
 
     - for a `FlowSolution`: ``x``, ``loss``, ``params_*``, ``balance`` along time ``t`` (a
       coordinate when all members saved at the same times, else a ``ts`` variable),
-      ``event_time``, ``num_steps``, ``result`` (a ``diffrax.RESULTS`` code; names in
+      ``event_time``, ``num_steps``, ``result`` (a `RESULTS` code; names in
       ``attrs["result_codes"]``), and the geometry's ``q``/``eps`` unless they are axes;
     - for any other PyTree: one variable per leaf, named by its path;
     - ``finite`` (no NaN/inf in the outputs at the times reached) and ``ok`` (finite, and the

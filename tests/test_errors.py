@@ -112,4 +112,4 @@ def test_failures_are_result_codes_not_exceptions():
     flow, model = _good()
     sol = mf.solve_flow(flow, model, small_regression(), 50.0, max_steps=3)
     assert not bool(sol.ok)
-    assert sol.result == diffrax.RESULTS.max_steps_reached
+    assert sol.result == mf.RESULTS.max_steps_reached
