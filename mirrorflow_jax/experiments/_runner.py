@@ -15,6 +15,7 @@ and what it expects.
 """
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -29,14 +30,16 @@ from collections.abc import Sequence
 
 import yaml
 
-from . import EXPERIMENTS, load
+from .. import _resources
+from . import EXPERIMENTS, _bounded, load
 from ._base import Check
 
 RESERVED = ("experiment", "quick")
 
 
 class ConfigError(ValueError):
-    """A config file or ``--set`` override that cannot be run, with the key and the fix."""
+    """A config file or ``--set`` override that cannot be run, with the key and the fix (one
+    line; values are shown at bounded length)."""
 
 
 # ----------------------------------------------------------------------------- YAML
@@ -54,10 +57,15 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456
 
 
 def parse_yaml(text: str, source: str):
+    """``text`` as YAML, refused (`ConfigError`) when it is not YAML, larger than 100 kB,
+    nested deeper than 64 levels or expands through aliases to more than 20000 values."""
     try:
-        return yaml.load(text, Loader=_Loader)
+        return _bounded.load_yaml(text, _Loader, source)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{source} is not valid YAML: {error}") from None
+        message = " ".join(str(error).split())
+        raise ConfigError(f"{source} is not valid YAML: {message}") from None
 
 
 # ----------------------------------------------------------------------------- types
@@ -85,7 +93,7 @@ def _coerce(key: str, annotation, value):
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
 
     def wrong():
-        return ConfigError(f"`{key}` must be {_describe(annotation)}; got {value!r}.")
+        return ConfigError(f"`{key}` must be {_describe(annotation)}; got {_bounded.show(value)}.")
 
     if origin is typing.Literal:
         if value not in args:
@@ -104,6 +112,8 @@ def _coerce(key: str, annotation, value):
         if not isinstance(value, list | tuple):
             raise wrong()
         if len(args) == 2 and args[1] is Ellipsis:
+            if not value:
+                raise ConfigError(f"`{key}` must be a non-empty list; got [].")
             items = [args[0]] * len(value)
         elif len(args) == len(value):
             items = list(args)
@@ -123,14 +133,21 @@ def _coerce(key: str, annotation, value):
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise wrong()
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond the float range
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"`{key}` must be a finite number; got {_bounded.show(value)}.")
+        return number
     if annotation is str:
         if not isinstance(value, str):
             raise wrong()
         return value
     if annotation is pathlib.Path:
         if not isinstance(value, str) or not pathlib.Path(value).is_file():
-            raise ConfigError(f"`{key}` must be {_describe(annotation)}; no file at {value!r}.")
+            where = _bounded.show(value)
+            raise ConfigError(f"`{key}` must be {_describe(annotation)}; no file at {where}.")
         return pathlib.Path(value)
     raise TypeError(f"Config field `{key}` has an annotation the loader cannot read: {annotation}")
 
@@ -166,7 +183,7 @@ class LoadedConfig:
 def _parse_override(item: str) -> tuple[str, typing.Any]:
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set takes key=value (e.g. --set t1=10); got {item!r}.")
+        raise ConfigError(f"--set takes key=value (e.g. --set t1=10); got {_bounded.show(item)}.")
     return key.strip(), parse_yaml(text, f"--set {key.strip()}")
 
 
@@ -177,9 +194,12 @@ def _fields(config_cls) -> dict[str, typing.Any]:
 
 def _apply(values: dict, updates: dict, fields: dict, source: str):
     for key, value in updates.items():
-        if key not in fields:
+        if not isinstance(key, str) or key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1) if isinstance(key, str) else []
+            hint = f"did you mean `{close[0]}`? " if close else ""
+            name = f"`{key}`" if isinstance(key, str) and len(key) <= 60 else _bounded.show(key)
             raise ConfigError(
-                f"unknown key `{key}` in {source}; the keys of this experiment are "
+                f"unknown key {name} in {source}; {hint}the keys of this experiment are "
                 f"{sorted(fields)}."
             )
         values[key] = _coerce(key, fields[key], value)
@@ -193,11 +213,20 @@ def load_config(
     path = pathlib.Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist.")
-    raw = parse_yaml(path.read_text(), str(path))
+    try:
+        text = _bounded.read_text(path)
+    except (OSError, ValueError) as error:
+        raise ConfigError(str(error)) from None
+    raw = parse_yaml(text, str(path))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of keys to values.")
     if "experiment" not in raw:
         raise ConfigError(f"{path} needs a key `experiment`: one of {sorted(EXPERIMENTS)}.")
+    if not isinstance(raw["experiment"], str) or raw["experiment"] not in EXPERIMENTS:
+        raise ConfigError(
+            f"`experiment` must be one of {sorted(EXPERIMENTS)}; got "
+            f"{_bounded.show(raw['experiment'])} (in {path})."
+        )
     try:
         module = load(raw["experiment"])
     except ValueError as error:
@@ -212,10 +241,14 @@ def load_config(
         _apply(values, quick_block, fields, f"the quick block of {path}")
     for item in overrides:
         _apply(values, dict([_parse_override(item)]), fields, "--set")
+    where = f"(in {path}{' --quick' if quick else ''})"
     try:
         config = module.Config(**values)
-    except ValueError as error:
-        raise ConfigError(f"{error} (in {path}{' --quick' if quick else ''})") from None
+        _resources.check_config(config)
+    except (ValueError, TypeError, ArithmeticError, LookupError) as error:
+        message = " ".join(str(error).split())
+        message = message if len(message) <= 300 else message[:300] + "…"
+        raise ConfigError(f"{message} {where}") from None
     return LoadedConfig(raw["experiment"], module, config, str(path))
 
 
