@@ -121,6 +121,11 @@ class SteepestFlow(AbstractFlow):
         if not callable(decoupled_wd):
             check_range("decoupled_wd", decoupled_wd, 0.0)
             decoupled_wd = as_float(decoupled_wd)
+        if geometry is not None and not isinstance(geometry, Lp):
+            raise ValueError(
+                f"`geometry` must be an Lp geometry such as mf.Lp(q=2.0); got "
+                f"{type(geometry).__name__}."
+            )
         self.geometry = Lp() if geometry is None else geometry
         self.coupled_wd = as_float(coupled_wd)
         self.decoupled_wd = decoupled_wd

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike
 
 from ._custom_types import Params, ScalarLike
-from ._validate import as_float, check_choice, check_range
+from ._validate import as_float, check_choice, check_range, check_scalar
 
 SMOOTHINGS = ("sqrt", "tanh")
 
@@ -125,6 +125,8 @@ class Lp(eqx.Module):
     smoothing: str = eqx.field(static=True)
 
     def __init__(self, q: ScalarLike = 2.0, eps: ScalarLike = 0.0, smoothing: str = "sqrt"):
+        check_scalar("q", q)
+        check_scalar("eps", eps)
         check_range("q", q, 1.0, 2.0)
         check_range("eps", eps, 0.0)
         check_choice("smoothing", smoothing, SMOOTHINGS)

@@ -10,12 +10,22 @@ import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
 from ._custom_types import Scalar, ScalarLike, Vector
-from ._validate import as_float, check_choice, check_finite, check_int, check_range
+from ._validate import (
+    as_float,
+    check_array,
+    check_choice,
+    check_finite,
+    check_int,
+    check_labels,
+    check_range,
+)
 
 CLASSIFICATION_LOSSES = ("logistic", "exponential")
 
 
 def _check_design(A, target, target_name):
+    check_array("A", A, 2)
+    check_array(target_name, target, 1)
     if jnp.ndim(A) != 2:
         raise ValueError(f"`A` must be a matrix of shape (n, d); got shape {jnp.shape(A)}.")
     if jnp.shape(target) != (A.shape[0],):
@@ -70,6 +80,7 @@ class LinearClassification(eqx.Module):
 
     def __check_init__(self):
         _check_design(self.A, self.y, "y")
+        check_labels("y", self.y)
         check_choice("loss", self.loss, CLASSIFICATION_LOSSES)
 
     @property

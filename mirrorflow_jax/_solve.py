@@ -18,7 +18,7 @@ from ._geometry import Lp
 from ._loss import traced_closure
 from ._models import AbstractReparam, effective_weights
 from ._solver.sign_kvaerno3 import SignFlowKvaerno3
-from ._validate import as_float, check_int, check_params, is_concrete
+from ._validate import as_float, check_int, check_params, check_times, is_concrete
 
 
 class EventNewton(optx.Newton):
@@ -276,6 +276,7 @@ def solve_flow(
     Raises ValueError for a bad setup (interval, shapes, non-finite inputs) before compiling.
     """
     saveat = _as_saveat(saveat)
+    check_times(t0, t1, dt0, saveat.subs.ts)
     _check_setup(flow, params0, loss, t0, t1, saveat, max_steps)
     loss = traced_closure(loss)
     if isinstance(solver, SignFlowKvaerno3):

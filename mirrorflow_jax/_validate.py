@@ -62,14 +62,81 @@ def _show(arr):
 
 
 def check_params(name: str, params):
-    """Raise ValueError unless ``params`` is a non-empty PyTree of finite floating arrays."""
+    """Raise ValueError unless ``params`` is a non-empty PyTree of finite real floating
+    arrays (complex ones are refused: the flows are real)."""
     leaves = jax.tree.leaves(params)
     if not leaves or not all(
-        hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact) for leaf in leaves
+        hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in leaves
     ):
         raise ValueError(
-            f"`{name}` must be a PyTree of floating-point arrays (use eqx.partition to split "
-            "off non-array fields of a model)."
+            f"`{name}` must be a PyTree of floating-point arrays, real not complex (use "
+            "eqx.partition to split off non-array fields of a model)."
         )
     for i, leaf in enumerate(leaves):
         check_finite(f"{name} (leaf {i})", leaf)
+
+
+def check_scalar(name: str, value):
+    """Raise ValueError unless ``value`` (concrete or traced) is a real scalar."""
+    shape = np.shape(value) if not hasattr(value, "shape") else value.shape
+    dtype = getattr(value, "dtype", None)
+    if dtype is None and isinstance(value, list | tuple | str | dict):
+        dtype = np.dtype(object)
+    real = (
+        dtype is None or jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
+    )
+    if shape != () or not real or isinstance(value, bool | complex):
+        kind = str(value.dtype) if hasattr(value, "dtype") else type(value).__name__
+        raise ValueError(f"`{name}` must be a real scalar; got {kind} of shape {shape}.")
+
+
+def check_times(t0, t1, dt0, save_ts):
+    """The time arguments of a solve: real scalars t0, t1 (finite, t0 < t1 when concrete),
+    dt0 None or > 0, save times a 1-D array without NaN."""
+    check_scalar("t0", t0)
+    check_scalar("t1", t1)
+    check_finite("t0", t0)
+    if is_concrete(t1) and not np.isfinite(float(t1)):
+        raise ValueError(
+            "`t1` must be finite: an infinite horizon never ends (stop a solve with an "
+            "`event` instead)."
+        )
+    if dt0 is not None:
+        check_scalar("dt0", dt0)
+        check_range("dt0", dt0, 0.0, lo_open=True)
+    if save_ts is not None:
+        if np.ndim(save_ts) != 1:
+            raise ValueError(f"`saveat` times must be a 1-D array; got shape {np.shape(save_ts)}.")
+        if not jnp.issubdtype(jnp.result_type(save_ts), jnp.floating):
+            raise ValueError("`saveat` times must be real numbers.")
+        check_finite("saveat", save_ts)
+
+
+def check_array(name: str, value, ndim: int):
+    """Raise ValueError unless ``value`` is a real array (jax or numpy) of ``ndim``
+    dimensions with at least one entry along its first axis."""
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+        raise ValueError(
+            f"`{name}` must be a JAX or NumPy array (e.g. jnp.asarray(...)); got "
+            f"{type(value).__name__}."
+        )
+    real = jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)
+    if not real:
+        raise ValueError(f"`{name}` must hold real numbers; got dtype {value.dtype}.")
+    if value.ndim != ndim:
+        raise ValueError(f"`{name}` must have {ndim} dimension(s); got shape {value.shape}.")
+    if value.shape[0] == 0:
+        raise ValueError(f"`{name}` must hold at least one sample (n >= 1); got n = 0.")
+
+
+def check_labels(name: str, labels):
+    """Raise ValueError unless concrete ``labels`` are all −1 or +1."""
+    if not is_concrete(labels):
+        return
+    arr = np.asarray(labels)
+    bad = ~np.isin(arr, (-1.0, 1.0))
+    if np.any(bad):
+        raise ValueError(
+            f"`{name}` must hold labels -1 or +1; {int(bad.sum())} of {arr.size} entries are "
+            f"not (e.g. {arr[bad].flat[0]:g}); map 0/1 labels with 2 * y - 1."
+        )
