@@ -5,6 +5,7 @@ import contextlib
 import importlib.resources
 import pathlib
 import sys
+import threading
 import time
 
 CONFIGS = importlib.resources.files(__package__) / "configs"
@@ -33,6 +34,36 @@ def _config_file(name_or_path: str):
             f"are {', '.join(EXPERIMENTS)} (see `mirrorflow list`)."
         )
     return importlib.resources.as_file(shipped)
+
+
+def _exit_promptly_on_interrupt(message: str, reported, grace: float = 2.0):
+    """Make Ctrl-C end the process within ``grace`` seconds with ``message`` and status 130.
+
+    Python raises KeyboardInterrupt only when the main thread runs Python again, which waits
+    for a running XLA computation or compilation (minutes, in a big chunk). The wakeup fd is
+    written by the C-level signal handler at once, so a watcher thread sees the signal and, if
+    the KeyboardInterrupt has not ended the process by then, exits it (printing ``message``
+    unless the event ``reported`` is set). Results are written atomically and checkpoints are
+    verified on resume, so nothing half-written is kept."""
+    import os
+    import signal
+
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    try:
+        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    except ValueError:  # not the main thread (an embedding program): leave signals alone
+        return
+
+    def watch():
+        while signal.SIGINT not in os.read(read, 64):
+            pass
+        time.sleep(grace)
+        if not reported.is_set():
+            os.write(2, f"\n{message}\n".encode())
+        os._exit(130)
+
+    threading.Thread(target=watch, daemon=True, name="mirrorflow-interrupt").start()
 
 
 def _output_folder(out: pathlib.Path) -> pathlib.Path:
@@ -136,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     listing = commands.add_parser("list", help="list the experiments and their configs")
     listing.set_defaults(handler=_list)
     args = parser.parse_args(argv)
+    hint = RESUME_HINT if args.command in ("run", "merge") else "interrupted"
+    reported = threading.Event()
+    if argv is None:  # the command itself, not a call from Python
+        _exit_promptly_on_interrupt(f"mirrorflow {args.command}: {hint}", reported)
     try:
         return args.handler(args)
     except _UsageError as error:
@@ -150,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     except KeyboardInterrupt:
-        hint = RESUME_HINT if args.command == "run" else "interrupted"
-        print(f"\nmirrorflow {args.command}: {hint}", file=sys.stderr)
+        print(f"\nmirrorflow {args.command}: {hint}", file=sys.stderr, flush=True)
+        reported.set()
         return 130
 
 
