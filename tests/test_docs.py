@@ -158,3 +158,30 @@ def test_mkdocs_build_is_strict_and_renders_the_api(tmp_path):
     assert not missing, f"not rendered on the API pages: {missing}"
     getting_started = (site / "getting-started" / "index.html").read_text()
     assert "--8&lt;--" not in getting_started and "DeepDiagonal" in getting_started
+
+
+def _project_texts():
+    """The repository's own docs, docstrings, configs and scripts."""
+    for folder in ("mirrorflow_jax", "docs", "tests", "benchmarks", "examples"):
+        for path in sorted((ROOT / folder).rglob("*")):
+            if path.suffix in {".py", ".md", ".yml", ".yaml"} and "__pycache__" not in path.parts:
+                yield path
+    yield from (ROOT / "README.md", ROOT / "mkdocs.yml")
+
+
+def test_theory_citations_point_into_the_project():
+    """Every "theory §N" citation names a section of docs/theory.md, and nothing cites a file
+    the repository does not have."""
+    sections = set(re.findall(r"^## (\d+)\. ", (DOCS / "theory.md").read_text(), flags=re.M))
+    assert sections == {str(n) for n in range(1, 10)}, sections
+    outside = "PAPER" + ".md"
+    cited, offenders = set(), []
+    for path in _project_texts():
+        text = path.read_text()
+        if outside in text:
+            offenders.append(str(path.relative_to(ROOT)))
+        for match in re.finditer(r"theory(?:\.md)?\)? §(\d+)(?:[–-]§?(\d+))?", text):
+            cited |= {n for n in match.groups() if n}
+            cited |= set(re.findall(r"§(\d+)", text[match.end() : match.end() + 12]))
+    assert not offenders, f"cite docs/theory.md instead: {offenders}"
+    assert cited and cited <= sections, sorted(cited - sections)
