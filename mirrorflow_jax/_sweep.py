@@ -17,14 +17,14 @@ from jax.experimental import multihost_utils
 from jax.extend.core import ClosedJaxpr, jaxpr_as_fun, jaxprs_in_params
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from . import _guard
+from . import _distributed, _grouping, _guard
 from ._checkpoints import _ChunkStore, _fingerprint
 from ._progress import Progress
 from ._results import provenance
 from ._solve import FlowSolution
 from ._validate import check_choice, check_int
 
-STRATEGIES = ("auto", "vmap", "map", "batched")
+STRATEGIES = ("auto", "vmap", "map", "batched", "grouped")
 MEMBERS = "members"  # the mesh axis that the sweep's members are sharded over
 STATUS_NAMES = ("ok", "finite")
 RESULT_NAMES = (
@@ -193,12 +193,30 @@ def _check_devices(devices) -> list:
 
 def _check_sizes(strategy: str, batch_size, chunk_size):
     check_choice("strategy", strategy, STRATEGIES)
-    if (strategy == "batched") != (batch_size is not None):
-        raise ValueError("`batch_size` (an integer >= 1) goes with strategy='batched' only.")
+    if (strategy == "batched" and batch_size is None) or (
+        batch_size is not None and strategy not in ("batched", "grouped")
+    ):
+        raise ValueError(
+            "`batch_size` (an integer >= 1) goes with strategy='batched' (required) or "
+            "'grouped' (optional) only."
+        )
     if batch_size is not None:
         check_int("batch_size", batch_size, 1)
     if chunk_size is not None:
         check_int("chunk_size", chunk_size, 1)
+
+
+def _check_group_by(group_by, grid: Grid, strategy: str) -> tuple[str, ...] | None:
+    if group_by is None:
+        return None
+    if strategy not in ("grouped", "auto"):
+        raise ValueError("`group_by` goes with strategy='grouped' (or 'auto') only.")
+    if isinstance(group_by, str) or not all(name in grid.names for name in group_by):
+        raise ValueError(
+            f"`group_by` must be a sequence of grid axis names (of {list(grid.names)}); "
+            f"got {group_by!r}."
+        )
+    return tuple(dict.fromkeys(group_by))
 
 
 def _check_names(grid: Grid, records: dict[str, tuple], template):
@@ -252,13 +270,14 @@ def _has_while(jaxpr) -> bool:
     )
 
 
-def _auto_strategy(traced: _Traced, platform: str) -> str:
-    """vmap on accelerators; on CPU, ``lax.map`` when a member runs a data-dependent loop
-    (an adaptive solve), since vmapped loops run in lockstep until the slowest member is done,
-    and vmap otherwise."""
-    if platform != "cpu":
-        return "vmap"
-    return "map" if _has_while(traced.jaxpr.jaxpr) else "vmap"
+def _auto_strategy(traced: _Traced, platform: str, group_axes: tuple[str, ...]) -> str:
+    """On CPU, ``lax.map`` when a member runs a data-dependent loop (an adaptive solve), since
+    vmapped loops run in lockstep until the slowest member is done. Otherwise (accelerators,
+    or CPU without such a loop): grouped when some grid axes decide a branch of ``fn`` (a
+    batched ``lax.cond`` would run both branches), else vmap."""
+    if platform == "cpu" and _has_while(traced.jaxpr.jaxpr):
+        return "map"
+    return "grouped" if group_axes else "vmap"
 
 
 # ----------------------------------------------------------------------------- program
@@ -474,6 +493,8 @@ def sweep(
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool | None = None,
     attrs: Mapping[str, Any] | None = None,
+    group_by: Sequence[str] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> xr.Dataset:
     r"""Evaluate ``fn(**member)`` for every member of ``grid`` in one compiled program.
 
@@ -488,8 +509,20 @@ def sweep(
       as many steps as the slowest one (cheap on GPU, costly on CPU when step counts differ).
     - ``"map"``: ``lax.map``, one member after another inside the compiled program.
     - ``"batched"``: ``lax.map`` over vmapped batches of ``batch_size`` members (chunked vmap).
-    - ``"auto"``: vmap on GPU/TPU; on CPU, map if ``fn`` contains a data-dependent loop (an
-      adaptive solve), else vmap.
+    - ``"grouped"``: members that share the values of the ``group_by`` axes form a group;
+      ``lax.map`` over groups (in batches of ``batch_size``; default: the largest group, and
+      one member on CPU when ``fn`` runs a data-dependent loop) and ``vmap`` within, the
+      ``group_by`` axes passed unbatched. A ``lax.cond`` that only they
+      decide (a solver choice from q and ε, say) then stays a real branch instead of running
+      both sides for every member, and the members in lockstep are alike. ``group_by``
+      defaults to the axes that decide a ``lax.cond``/``lax.switch`` of ``fn`` before any loop
+      runs (found in its jaxpr; none: one group).
+    - ``"auto"``: on CPU, map if ``fn`` contains a data-dependent loop (an adaptive solve);
+      otherwise (and on GPU/TPU) grouped when such branch-deciding axes exist, else vmap.
+
+    When the output has a ``num_steps``, ``attrs["lockstep_efficiency"]`` is Σ steps / Σ over
+    the batches run in lockstep of (members × the batch's most steps), 1 for map, and
+    ``attrs["lockstep_waste"]`` is 1 minus that.
 
     **Devices:** members are split over ``devices`` (default: all devices, every host's once
     `jax.distributed` is initialized) with ``jax.shard_map``; each device runs the strategy on
@@ -517,6 +550,16 @@ def sweep(
     - ``strategy``, ``batch_size``, ``chunk_size``, ``devices``, ``checkpoint_dir``,
       ``progress``: as above.
     - ``attrs``: extra attributes (e.g. the experiment's config) for the result.
+    - ``group_by``: grid axis names that define the groups of ``strategy="grouped"``.
+    - ``shard``: ``(i, n)`` with 0 <= i < n, for job arrays: compute only chunks
+      ``i, i + n, i + 2n, ...`` into ``checkpoint_dir`` (required). The result then holds the
+      other chunks as NaN (integers: their minimum, booleans: False) with ``ok`` False, and
+      ``attrs["chunks_missing"]`` counts them; a later run without ``shard`` loads every
+      finished chunk and computes the rest. Inside `mirrorflow_jax._distributed.sharded`, the
+      sweeps that have a ``checkpoint_dir`` run as that shard (``mirrorflow run --shard``).
+
+    **Several hosts:** process 0 alone reads ``checkpoint_dir``, decides which chunks are
+    finished and broadcasts that and their data, so every host runs the same chunks.
 
     **Returns:** an ``xarray.Dataset`` with one dimension per grid block (axes as coordinates)
     and, per member:
@@ -560,29 +603,47 @@ def sweep(
     _check_signature(fn, grid)
     devices = _check_devices(devices)
     chunk_size = min(chunk_size or grid.size, grid.size)
+    group_by = _check_group_by(group_by, grid, strategy)
+    shard = _distributed.check_shard(shard)
+    if shard is not None and checkpoint_dir is None:
+        raise ValueError("`shard` needs a `checkpoint_dir` (shared by every shard) to write to.")
+    if shard is None and checkpoint_dir is not None:
+        shard = _distributed.current_shard()  # `mirrorflow run --shard`
 
     start = time.perf_counter()
     traced = _trace(fn, grid)
     trace_seconds = time.perf_counter() - start
     _check_names(grid, _records(traced.template, 0, grid), traced.template)
 
-    chosen = _auto_strategy(traced, devices[0].platform) if strategy == "auto" else strategy
+    if group_by is None:
+        group_by = _grouping.branch_axes(traced.jaxpr, sorted(grid.names))
+    chosen = strategy
+    if strategy == "auto":
+        chosen = _auto_strategy(traced, devices[0].platform, group_by)
     per_device = math.ceil(chunk_size / len(devices))
-    runner = _Runner(
-        traced,
-        chosen,
-        None if batch_size is None else min(batch_size, per_device),
-        Mesh(np.array(devices), (MEMBERS,)),
-        per_device * len(devices),
-    )
+    mesh = Mesh(np.array(devices), (MEMBERS,))
+    chunks = list(_chunks(grid.members(), grid.size, chunk_size))
+    if chosen == "grouped":
+        if batch_size is None and devices[0].platform == "cpu" and _has_while(traced.jaxpr.jaxpr):
+            batch_size = 1  # CPU lanes run one after another: lockstep would only add waste
+        dtypes = {name: _member_dtype(v) for name, v in grid.members().items()}
+        runner = _grouping.GroupedRunner.build(
+            traced, group_by, batch_size, chunks, mesh, MEMBERS, dtypes
+        )
+    else:
+        batch = None if batch_size is None else min(batch_size, per_device)
+        runner = _Runner(traced, chosen, batch, mesh, per_device * len(devices))
     store = None
     if checkpoint_dir is not None:
         pathlib.Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
         fingerprint = _fingerprint(grid, chunk_size, traced)
         store = _ChunkStore(pathlib.Path(checkpoint_dir), fingerprint, grid, chunk_size)
 
-    chunks = list(_chunks(grid.members(), grid.size, chunk_size))
-    loaded = {} if store is None else store.resume(len(chunks))  # verified; bad ones warned
+    lengths = [len(next(iter(chunk.values()))) for chunk in chunks]
+    templates = jax.tree.leaves(traced.template)
+    mine = _distributed.shard_chunks(len(chunks), shard)
+    # verified (bad ones warned), decided by process 0 for every host
+    loaded = {} if store is None else _distributed.resume(store, lengths, templates, mine)
     resumed = sorted(loaded)
     shown = progress if jax.process_index() == 0 else False
     bar = Progress(len(chunks), desc="sweep", done=len(resumed), show=shown)
@@ -592,6 +653,9 @@ def sweep(
         for k, members in enumerate(chunks):
             if k in loaded:
                 results.append(loaded.pop(k))
+                continue
+            if k not in mine:  # another shard's chunk
+                results.append(_distributed.placeholder(templates, lengths[k]))
                 continue
             compiled = runner.compile_seconds
             results.append(runner(members))
@@ -616,4 +680,37 @@ def sweep(
     }
     if runner.batch_size is not None:
         info["batch_size"] = runner.batch_size
-    return _dataset(grid, traced, leaves, info | provenance() | dict(attrs or {}))
+    if chosen == "grouped":
+        info["group_by"] = list(group_by)
+    missing = np.zeros(grid.size, bool)
+    if shard is not None:
+        starts = np.cumsum([0] + lengths)
+        others = sorted(set(range(len(chunks))) - set(mine) - set(resumed))
+        for k in others:
+            missing[starts[k] : starts[k + 1]] = True
+        info |= {"shard": list(shard), "chunks_missing": len(others)}
+    ds = _dataset(grid, traced, leaves, info | provenance() | dict(attrs or {}))
+    if missing.any():  # members another shard computes: not ok
+        computed = xr.DataArray(~missing.reshape(grid.shape), dims=grid.dims)
+        ds["ok"], ds["finite"] = ds.ok & computed, ds.finite & computed
+    steps = ds.get("num_steps")
+    if steps is not None and steps.dims == grid.dims and steps.dtype.kind in "iu":
+        ds.attrs |= _lockstep(ds, runner, chosen, chunks, lengths, per_device, missing)
+    return ds
+
+
+def _lockstep(ds, runner, strategy, chunks, lengths, per_device, missing) -> dict[str, float]:
+    """``lockstep_efficiency`` = Σ steps / Σ over members run in lockstep (one vmapped batch)
+    of (members × the batch's most steps), and ``lockstep_waste`` = 1 − that."""
+    if strategy == "grouped":
+        starts = np.cumsum([0] + lengths)
+        runs = [
+            batch + start
+            for chunk, start in zip(chunks, starts[:-1], strict=True)
+            for batch in runner.lockstep_batches(chunk)
+        ]
+    else:
+        runs = _grouping.default_runs(strategy, lengths, per_device, runner.batch_size)
+    runs = [r[~missing[r]] for r in runs]
+    efficiency = _grouping.lockstep_efficiency(ds.num_steps.values.reshape(-1), runs)
+    return {"lockstep_efficiency": efficiency, "lockstep_waste": 1.0 - efficiency}

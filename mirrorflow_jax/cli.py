@@ -109,9 +109,38 @@ def _run(args) -> int:
         print(f"mirrorflow run: error: {error}", file=sys.stderr)
         return 2
     out = pathlib.Path(args.out or f"results/{loaded.name}{'-quick' if args.quick else ''}")
+    shard = _shard(args.shard)
     summary = _runner.run_experiment(
-        loaded, _output_folder(out), quick=args.quick, progress=args.progress
+        loaded, _output_folder(out), quick=args.quick, progress=args.progress, shard=shard
     )
+    if shard is not None:
+        print(
+            f"{loaded.name}: shard {shard[0]}/{shard[1]} done in {summary['run_seconds']:.1f} s "
+            f"({summary['checkpoint_files']} chunk files in {summary['checkpoint_dir']}); once "
+            f"every shard is done, `mirrorflow merge {out}` writes the results"
+        )
+        return 0
+    _runner.print_summary(summary, out)
+    return 1 if args.strict and not summary["all_held"] else 0
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    from ._distributed import parse_shard
+
+    try:
+        return None if text is None else parse_shard(text)
+    except ValueError as error:
+        raise _UsageError(str(error)) from None
+
+
+def _merge(args) -> int:
+    from .experiments import _runner
+
+    out = pathlib.Path(args.out)
+    try:
+        summary = _runner.merge_experiment(out, progress=args.progress)
+    except _runner.ConfigError as error:
+        raise _UsageError(str(error)) from None
     _runner.print_summary(summary, out)
     return 1 if args.strict and not summary["all_held"] else 0
 
@@ -162,7 +191,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="no progress on stderr (a bar on a terminal, else one log line per step)",
     )
+    run.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="compute only shard I of N (0 <= I < N) of every sweep's chunks into --out "
+        "(a job array's task); then `mirrorflow merge OUT`",
+    )
     run.set_defaults(handler=_run)
+
+    merge = commands.add_parser(
+        "merge", help="assemble the results of `run --shard` tasks, computing what is missing"
+    )
+    merge.add_argument("out", help="the --out folder that the shards wrote into")
+    merge.add_argument("--strict", action="store_true", help="exit with status 1 if a check fails")
+    merge.add_argument("--no-progress", dest="progress", action="store_false")
+    merge.set_defaults(handler=_merge)
 
     listing = commands.add_parser("list", help="list the experiments and their configs")
     listing.set_defaults(handler=_list)

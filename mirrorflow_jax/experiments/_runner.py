@@ -310,12 +310,22 @@ def _note(progress: bool, text: str):
 
 
 def run_experiment(
-    loaded: LoadedConfig, out: str | pathlib.Path, *, quick: bool = False, progress: bool = False
+    loaded: LoadedConfig,
+    out: str | pathlib.Path,
+    *,
+    quick: bool = False,
+    progress: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> dict:
     """Run a loaded config and write into ``out``: ``results.nc`` (attrs hold the resolved
     config), every figure as PNG and PDF, ``summary.json``, ``summary.md`` and ``config.yaml``
     (the resolved config, runnable as is). Sweeps checkpoint under
     ``out/checkpoints/<experiment>-<config hash>``, so rerunning an interrupted run resumes it.
+
+    With ``shard=(i, n)`` (a job array's task) every checkpointed sweep computes only its
+    share of the chunks into that folder; no results, figures or checks are written, only
+    ``shards/shard-<i>-of-<n>.json``. A run without ``shard`` afterwards (`merge_experiment`)
+    assembles the finished chunks and computes whatever is missing.
 
     **Returns:** the summary (as written to ``summary.json``)."""
     import jax
@@ -332,6 +342,8 @@ def run_experiment(
     found = len(list(workdir.rglob("*.nc"))) if workdir.exists() else 0
 
     start = time.perf_counter()
+    if shard is not None:
+        return _run_shard(loaded, out, workdir, shard, quick=quick, progress=progress)
     _note(progress, f"{loaded.name}{' (quick)' if quick else ''}: running, into {out}/")
     ds = loaded.module.run(loaded.config, workdir=workdir, progress=progress)
     seconds = time.perf_counter() - start
@@ -366,6 +378,46 @@ def run_experiment(
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(summary_markdown(summary))
     return summary
+
+
+def _run_shard(loaded: LoadedConfig, out, workdir, shard, *, quick: bool, progress: bool) -> dict:
+    from mirrorflow_jax._distributed import sharded
+
+    start = time.perf_counter()
+    with sharded(shard):
+        loaded.module.run(loaded.config, workdir=workdir, progress=progress)
+    record = {
+        "experiment": loaded.name,
+        "config_file": loaded.source,
+        "quick": quick,
+        "shard": list(shard),
+        "run_seconds": time.perf_counter() - start,
+        "checkpoint_dir": str(workdir),
+        "checkpoint_files": len(list(workdir.rglob("*.nc"))) if workdir.exists() else 0,
+    }
+    folder = out / "shards"
+    folder.mkdir(exist_ok=True)
+    (folder / f"shard-{shard[0]}-of-{shard[1]}.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def merge_experiment(out: str | pathlib.Path, *, progress: bool = False) -> dict:
+    """Assemble a run whose shards (``run_experiment(..., shard=(i, n))``) wrote into ``out``:
+    the config is read back from ``out/config.yaml``, finished chunks are loaded and missing
+    ones computed, then results, figures and checks are written as by `run_experiment`.
+
+    Raises `ConfigError` when ``out`` holds no ``config.yaml``."""
+    out = pathlib.Path(out)
+    if not (out / "config.yaml").is_file():
+        raise ConfigError(
+            f"{out} holds no config.yaml: give the --out folder of `mirrorflow run --shard`."
+        )
+    records = [json.loads(p.read_text()) for p in sorted(out.glob("shards/shard-*.json"))]
+    loaded = load_config(out / "config.yaml")
+    quick = any(r.get("quick") for r in records)
+    if records:
+        loaded = dataclasses.replace(loaded, source=records[0]["config_file"])
+    return run_experiment(loaded, out, quick=quick, progress=progress)
 
 
 def _relative(path: pathlib.Path) -> str:
