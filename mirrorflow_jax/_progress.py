@@ -25,7 +25,8 @@ class Progress:
     running during a long step; elsewhere (a log file, a batch job) it writes one plain line per
     finished step (at most one per ``min_interval`` seconds, and always the last) and a "still
     running" line when a step takes longer than ``LOG_EVERY_SECONDS``. Used as a context
-    manager; `step_done` after each computed step, with the compile seconds it included."""
+    manager; `step_done` after each computed step, with the compile seconds it included.
+    ``clock`` (seconds) is replaceable for tests."""
 
     def __init__(
         self,
@@ -38,6 +39,7 @@ class Progress:
         delay: float = 3.0,
         min_interval: float = 5.0,
         file=None,
+        clock=time.perf_counter,
     ):
         self.total, self.desc, self.unit, self.done = total, desc, unit, done
         self.resumed = done
@@ -45,13 +47,14 @@ class Progress:
         self.enabled = show is not False
         self.delay = 0.0 if show else delay
         self.min_interval = min_interval
+        self.clock = clock
         self.terminal = bool(getattr(self.file, "isatty", lambda: False)())
         self.compile_seconds = 0.0
         self.step_seconds = 0.0  # computed steps' wall time, compile excluded
         self.computed = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._start = self._last_line = time.perf_counter()
+        self._start = self._last_line = clock()
         self._step_start = self._start
         self._visible = False
         self._bar = None
@@ -62,7 +65,7 @@ class Progress:
     def __enter__(self) -> "Progress":
         if not self.enabled:
             return self
-        self._start = self._step_start = time.perf_counter()
+        self._start = self._step_start = self.clock()
         if self.terminal:
             from tqdm.auto import tqdm
 
@@ -73,6 +76,8 @@ class Progress:
                 unit=self.unit,
                 file=self.file,
                 delay=self.delay,
+                mininterval=0.0,  # steps are long: draw every one
+                miniters=1,
                 bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} {unit}s [{elapsed}{postfix}]",
             )
         if self.delay == 0:
@@ -85,7 +90,7 @@ class Progress:
         """One more step finished; ``compile_seconds`` of its wall time went to compiling."""
         if not self.enabled:
             return
-        now = time.perf_counter()
+        now = self.clock()
         with self._lock:
             self.compile_seconds += compile_seconds
             self.step_seconds += max(now - self._step_start - compile_seconds, 0.0)
@@ -136,7 +141,7 @@ class Progress:
 
     def _log(self, text: str):
         self._visible = True
-        self._last_line = time.perf_counter()
+        self._last_line = self.clock()
         elapsed = _clock(self._last_line - self._start)
         print(f"{self.desc}: {text} [elapsed {elapsed}]", file=self.file, flush=True)
 
@@ -152,7 +157,7 @@ class Progress:
 
     def _heartbeat(self):
         while not self._stop.wait(HEARTBEAT_SECONDS):
-            now = time.perf_counter()
+            now = self.clock()
             with self._lock:
                 if now - self._start < self.delay:
                     continue
