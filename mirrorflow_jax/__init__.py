@@ -47,6 +47,7 @@ if typing.TYPE_CHECKING:
         min_l1_interpolant as min_l1_interpolant,
     )
     from ._mirror import (
+        BiasSolution as BiasSolution,
         DeepDiagonalMirror as DeepDiagonalMirror,
         MirrorFlow as MirrorFlow,
         SquareDiffMirror as SquareDiffMirror,

@@ -13,6 +13,11 @@ where a = |w_1|^q solves |x|^q = a·(a + c)^(L−1). Since d|x|^q/da = h, the po
 
 and, integrating by parts, R(x) = |x|·G(ρ) − ∫_0^ρ r·(r^q + c)^((L−1)(2−q)/q) dr.
 At q = 2, L = 2 this is the hyperbolic entropy ∇R(x) = ½·arcsinh(2x/c).
+
+At c = 0 (the uniform init w_1 = … = w_L) a = |x|^(q/L), so h(x) = L·|x|^(q(L−1)/L) and, with
+e = (L−1)(q−1) and n = 2 + (L−1)(2−q), G(ρ) = ρ^(1−e)/(1−e) and R = ρ^n·(1/(1−e) − 1/n) for
+e < 1; for e ≥ 1 the integral diverges at 0 (∇R and R are +∞ off x = 0), and only h, the flow's
+metric, is finite.
 """
 
 import functools
@@ -68,8 +73,10 @@ def _integrate_from_zero(integrand, rho: Array, knee: Array) -> Array:
 class DeepDiagonalMirror(eqx.Module):
     r"""The mirror map R_{q,L,c} of a balanced deep diagonal model (docs/theory.md §4).
 
-    **Fields:** ``q`` ∈ [1, 2]; ``depth`` L ≥ 1 (static); ``c`` > 0, the balance constant
-    (a scalar or one per coordinate).
+    **Fields:** ``q`` ∈ [1, 2]; ``depth`` L ≥ 1 (static); ``c`` ≥ 0, the balance constant
+    (a scalar or one per coordinate). At c = 0 (the uniform init) ``metric`` is
+    L·|x|^(q(L−1)/L) and ``grad``, ``potential``, ``grad_inverse`` use their closed forms
+    (module docstring), which are infinite (``grad_inverse``: NaN) when (L−1)(q−1) ≥ 1.
 
     **Example:**
 
@@ -87,7 +94,7 @@ class DeepDiagonalMirror(eqx.Module):
     def __init__(self, q: ScalarLike, depth: int, c: ArrayLike):
         check_range("q", q, 1.0, 2.0)
         check_int("depth", depth, 1)
-        check_range("c", c, 0.0, lo_open=True)
+        check_range("c", c, 0.0)
         self.q = as_float(q)
         self.c = as_float(c)
         self.depth = depth
@@ -137,13 +144,29 @@ class DeepDiagonalMirror(eqx.Module):
     def _rho(self, x):
         return self.first_factor(x) ** (1 / self.q)
 
-    def _knee(self):
-        return self.c ** (1 / self.q)
+    def _uniform(self, shape) -> tuple[Array, Array]:
+        """(c == 0, c with zeros replaced by 1) broadcast to ``shape``: the quadratures run on
+        the safe c and the closed forms of c = 0 replace them where c == 0, so that neither
+        branch produces inf or NaN (or NaN gradients) where it is not selected."""
+        c = jnp.broadcast_to(self.c, shape)
+        uniform = c == 0
+        return uniform, jnp.where(uniform, 1.0, c)
+
+    def _uniform_power(self, rho: Array, uniform: Array, exponent: Array) -> Array:
+        """ρ^(1−e)/(1−e) where c == 0 and e < 1, +∞ where c == 0 and e ≥ 1 (ρ > 0), else 0."""
+        finite = exponent < 1
+        power = 1 - jnp.where(finite, exponent, 0.5)
+        r = jnp.where(uniform, rho, 1.0)
+        value = jnp.where(finite | (r == 0), r**power / power, jnp.inf)
+        return jnp.where(uniform, value, 0.0)
 
     def _g(self, rho: Array) -> Array:
         k = (self.depth - 1) * (self.q - 1) / self.q
-        c = jnp.broadcast_to(self.c, rho.shape)[..., None]
-        return _integrate_from_zero(lambda r: (r**self.q + c) ** (-k), rho, self._knee())
+        uniform, c = self._uniform(rho.shape)
+        knee = c ** (1 / self.q)
+        quadrature = _integrate_from_zero(lambda r: (r**self.q + c[..., None]) ** (-k), rho, knee)
+        closed = self._uniform_power(rho, uniform, (self.depth - 1) * (self.q - 1))
+        return jnp.where(uniform, closed, quadrature)
 
     @_jit_on_arrays
     def grad(self, x: ArrayLike) -> Array:
@@ -158,8 +181,11 @@ class DeepDiagonalMirror(eqx.Module):
         x = jnp.asarray(x)
         rho = self._rho(x)
         e = (self.depth - 1) * (2 - self.q) / self.q
-        c = jnp.broadcast_to(self.c, rho.shape)[..., None]
-        inner = _integrate_from_zero(lambda r: r * (r**self.q + c) ** e, rho, self._knee())
+        uniform, c = self._uniform(rho.shape)
+        knee = c ** (1 / self.q)
+        inner = _integrate_from_zero(lambda r: r * (r**self.q + c[..., None]) ** e, rho, knee)
+        n = 2 + (self.depth - 1) * (2 - self.q)
+        inner = jnp.where(uniform, jnp.where(uniform, rho, 1.0) ** n / n, inner)
         return jnp.sum(jnp.abs(x) * self._g(rho) - inner)
 
     @_jit_on_arrays
@@ -170,7 +196,7 @@ class DeepDiagonalMirror(eqx.Module):
         NaN where no root exists.
         """
         z = jnp.asarray(z)
-        c = jnp.broadcast_to(self.c, z.shape)
+        uniform, c = self._uniform(z.shape)
 
         def solve(c_i, target):
             single = DeepDiagonalMirror(self.q, self.depth, c_i)
@@ -188,6 +214,11 @@ class DeepDiagonalMirror(eqx.Module):
         safe = jnp.where(absz > 0, absz, 1.0)
         rho = jnp.exp(jax.vmap(solve)(c.ravel(), safe.ravel())).reshape(z.shape)
         x = rho * (rho**self.q + c) ** ((self.depth - 1) / self.q)
+        # c = 0: G(ρ) = ρ^(1−e)/(1−e) = |z| gives ρ = ((1−e)|z|)^(1/(1−e)) and x = ρ^L
+        e = (self.depth - 1) * (self.q - 1)
+        power = 1 - jnp.where(e < 1, e, 0.5)
+        uniform_x = jnp.where(e < 1, (power * safe) ** (self.depth / power), jnp.nan)
+        x = jnp.where(uniform, uniform_x, x)
         return jnp.where(absz > 0, jnp.sign(z) * x, 0.0)
 
     @_jit_on_arrays
@@ -206,8 +237,9 @@ class MirrorFlow(AbstractFlow):
     The smoothing acts on ∇f(x), the smoothed mirror flow that the structured factor flow
     reproduces exactly. State: ``(x, c)``; ``params_of`` returns x.
 
-    **Fields:** ``geometry`` (`Lp`), ``depth``, ``c`` (initial balance constant > 0, scalar or
-    per coordinate), ``decoupled_wd`` (α ≥ 0 or a schedule t ↦ α(t)).
+    **Fields:** ``geometry`` (`Lp`), ``depth``, ``c`` (initial balance constant ≥ 0, scalar or
+    per coordinate; c = 0 is the uniform init w_1 = … = w_L, where h(x) = L·|x|^(q(L−1)/L)
+    and x = 0 stays 0), ``decoupled_wd`` (α ≥ 0 or a schedule t ↦ α(t)).
     """
 
     geometry: Lp
@@ -219,7 +251,7 @@ class MirrorFlow(AbstractFlow):
         self, geometry: Lp, *, depth: int, c: ArrayLike, decoupled_wd: ScalarLike | Schedule = 0.0
     ):
         check_int("depth", depth, 1)
-        check_range("c", c, 0.0, lo_open=True)
+        check_range("c", c, 0.0)
         if not callable(decoupled_wd):
             check_range("decoupled_wd", decoupled_wd, 0.0)
             decoupled_wd = as_float(decoupled_wd)
@@ -296,29 +328,113 @@ class SquareDiffMirror(eqx.Module):
         return self.alpha**2 * jnp.sum(2 - jnp.sqrt(4 + z * z) + z * jnp.arcsinh(z / 2))
 
 
-def implicit_bias(mirror, A: ArrayLike, b: ArrayLike, x0: ArrayLike) -> Array:
+class BiasSolution(eqx.Module):
+    """The result of `implicit_bias`.
+
+    **Fields:** ``x`` the argmin, shape (d,); ``residual`` max_i |(Ax − b)_i|, how far ``x`` is
+    from interpolating; ``converged`` whether the final Newton refinement met its tolerance
+    (a boolean array); ``num_steps`` the BFGS and Newton steps taken.
+    """
+
+    x: Array
+    residual: Array
+    converged: Array
+    num_steps: Array
+
+
+@jax.custom_jvp
+def _dual(nu, mirror, z0, A, b):
+    """R*(z₀ + Aᵀν) − bᵀν, with R*(z) = ⟨z, x(z)⟩ − R(x(z)) and x(z) = (∇R)⁻¹(z)."""
+    z = z0 + A.T @ nu
+    x = mirror.grad_inverse(z)
+    return jnp.sum(z * x) - mirror.potential(x) - b @ nu
+
+
+@_dual.defjvp
+def _dual_jvp(primals, tangents):
+    """∇R* = (∇R)⁻¹, so the dual's gradient in ν is A·x(ν) − b: no derivative of the root
+    find in ``grad_inverse`` or of the quadrature in ``potential`` is needed (the tangents of
+    the other arguments are dropped: only ν is optimized)."""
+    nu, mirror, z0, A, b = primals
+    z = z0 + A.T @ nu
+    x = mirror.grad_inverse(z)
+    value = jnp.sum(z * x) - mirror.potential(x) - b @ nu
+    return value, (A @ x - b) @ tangents[0]
+
+
+@eqx.filter_jit
+def _bias(mirror, A, b, x0, max_steps):
+    z0 = mirror.grad(x0)
+
+    def dual(nu, _):
+        return _dual(nu, mirror, z0, A, b)
+
+    def interpolation_gap(nu, _):
+        return A @ mirror.grad_inverse(z0 + A.T @ nu) - b
+
+    nu0 = jnp.zeros(A.shape[0], A.dtype)
+    solver = optx.BFGS(rtol=1e-13, atol=1e-13)
+    coarse = optx.minimise(dual, solver, nu0, max_steps=max_steps, throw=False)
+    # BFGS stops on small steps and value changes; Newton on the dual's gradient A·x(ν) − b
+    # (Jacobian A·diag(h(x))·Aᵀ, positive definite) then drives the residual to rounding level
+    fine = optx.root_find(
+        interpolation_gap,
+        optx.Newton(rtol=1e-12, atol=1e-12),
+        coarse.value,
+        max_steps=20,
+        throw=False,
+    )
+    converged = fine.result == optx.RESULTS.successful
+    x = mirror.grad_inverse(z0 + A.T @ jnp.where(converged, fine.value, coarse.value))
+    return BiasSolution(
+        x=x,
+        residual=jnp.max(jnp.abs(A @ x - b)),
+        converged=converged,
+        num_steps=coarse.stats["num_steps"] + fine.stats["num_steps"],
+    )
+
+
+def implicit_bias(
+    mirror, A: ArrayLike, b: ArrayLike, x0: ArrayLike, *, max_steps: int = 10_000
+) -> BiasSolution:
     r"""The mirror-descent limit on an underdetermined regression: argmin_{Ax=b} D_R(x, x₀).
 
     Solved through the convex dual: with x(ν) = (∇R)⁻¹(∇R(x₀) + Aᵀν), ν ∈ R^n minimizes
-    R*(∇R(x₀) + Aᵀν) − bᵀν, whose gradient is A·x(ν) − b (BFGS with line search,
-    optimistix; R*(z) = ⟨z, x(z)⟩ − R(x(z))). ``mirror`` is any object with ``grad``,
-    ``grad_inverse`` and ``potential`` (`DeepDiagonalMirror`, `SquareDiffMirror`).
-    Independent of any flow.
+    R*(∇R(x₀) + Aᵀν) − bᵀν, whose gradient is A·x(ν) − b (BFGS with line search, then
+    Newton's method on A·x(ν) = b from its point, optimistix; R*(z) = ⟨z, x(z)⟩ − R(x(z))).
+    ``mirror`` is any object with ``grad``, ``grad_inverse`` and ``potential``
+    (`DeepDiagonalMirror`, `SquareDiffMirror`).
+    Independent of any flow. Compiled once per mirror type and shapes: further calls with
+    other values of c, A, b, x₀ reuse the program.
 
-    **Arguments:** ``mirror`` as above; ``A`` (n, d) and ``b`` (n,) with n < d; ``x0`` the
-    initialization, shape (d,). **Returns:** the argmin, shape (d,).
+    **Arguments:** ``mirror`` as above; ``A`` (n, d) and ``b`` (n,) with n ≤ d; ``x0`` the
+    initialization, shape (d,); ``max_steps`` ≥ 1, the BFGS step budget (Newton takes at
+    most 20 more).
+
+    **Returns:** a `BiasSolution`: the argmin ``x`` with its ``residual`` max_i |(Ax − b)_i|
+    and a ``converged`` flag (check both before trusting ``x``; where Newton failed, ``x`` is
+    BFGS's point, and may be inf or NaN when Ax = b has no solution).
+
+    **Example:**
+
+    ```python
+    problem = mf.sparse_regression(jax.random.key(0), n=8, d=12, k=3)
+    mirror = mf.DeepDiagonalMirror(q=2.0, depth=2, c=0.5)
+    bias = mf.implicit_bias(mirror, problem.A, problem.b, jnp.zeros(12))
+    bias.x, bias.residual, bias.converged  # residual ≈ 1e-10, True
+    ```
     """
-    A, b = jnp.asarray(A), jnp.asarray(b)
-    z0 = mirror.grad(x0)
-
-    def primal(nu):
-        return mirror.grad_inverse(z0 + A.T @ nu)
-
-    def dual(nu, _):
-        z = z0 + A.T @ nu
-        x = mirror.grad_inverse(z)
-        return jnp.sum(z * x) - mirror.potential(x) - b @ nu
-
-    nu0 = jnp.zeros(A.shape[0], A.dtype)
-    sol = optx.minimise(dual, optx.BFGS(rtol=1e-13, atol=1e-13), nu0, max_steps=10_000)
-    return primal(sol.value)
+    check_int("max_steps", max_steps, 1)
+    for method in ("grad", "grad_inverse", "potential"):
+        if not callable(getattr(mirror, method, None)):
+            raise ValueError(
+                "`mirror` must have `grad`, `grad_inverse` and `potential` methods (e.g. "
+                f"DeepDiagonalMirror or SquareDiffMirror); got {type(mirror).__name__}."
+            )
+    A, b, x0 = as_float(A), as_float(b), as_float(x0)
+    if A.ndim != 2 or b.shape != A.shape[:1] or x0.shape != A.shape[1:]:
+        raise ValueError(
+            "`A`, `b` and `x0` must have shapes (n, d), (n,) and (d,); got "
+            f"{A.shape}, {b.shape} and {x0.shape}."
+        )
+    return _bias(mirror, A, b, x0, max_steps)

@@ -2,6 +2,7 @@
 equivalence of the factor flow with the x-space mirror flow, and the implicit bias."""
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -142,7 +143,8 @@ def test_gradient_flow_limit_is_bregman_argmin(c):
     )
     assert float(sol.loss[-1]) < 1e-18
     predicted = implicit_bias(DeepDiagonalMirror(2.0, 2, c), problem.A, problem.b, model())
-    np.testing.assert_allclose(sol.x[-1], predicted, atol=1e-5)
+    assert bool(predicted.converged) and float(predicted.residual) < 1e-12
+    np.testing.assert_allclose(sol.x[-1], predicted.x, atol=1e-5)
 
 
 def test_square_diff_limit_is_woodworth_potential_argmin():
@@ -155,7 +157,7 @@ def test_square_diff_limit_is_woodworth_potential_argmin():
     predicted = implicit_bias(
         SquareDiffMirror(alpha), problem.A, problem.b, jnp.zeros(problem.dim)
     )
-    np.testing.assert_allclose(sol.x[-1], predicted, atol=1e-5)
+    np.testing.assert_allclose(sol.x[-1], predicted.x, atol=1e-5)
 
 
 def test_small_scale_approaches_minimum_l1():
@@ -165,9 +167,150 @@ def test_small_scale_approaches_minimum_l1():
     d = A.shape[1]
     lp = optimize.linprog(np.ones(2 * d), A_eq=np.hstack([A, -A]), b_eq=b, bounds=(0, None))
     l1 = lp.x[:d] - lp.x[d:]
+    np.testing.assert_allclose(mf.min_l1_interpolant(A, b), l1, atol=1e-12)
     distance = [
-        float(np.max(np.abs(implicit_bias(SquareDiffMirror(a), A, b, np.zeros(d)) - l1)))
+        float(np.max(np.abs(implicit_bias(SquareDiffMirror(a), A, b, np.zeros(d)).x - l1)))
         for a in (1e-1, 1e-2, 1e-3)
     ]
     assert distance[0] > distance[1] > distance[2]
     assert distance[2] < 1e-3
+
+
+# ----------------------------------------------------------------------------- implicit bias
+
+
+class _CountingMirror(eqx.Module):
+    """∇R(x) = arcsinh(x/(2α²)) (`SquareDiffMirror`'s map), counting how often it is traced."""
+
+    alpha: jax.Array
+    traces: list = eqx.field(static=True)
+
+    def grad(self, x):
+        self.traces.append(None)
+        return jnp.arcsinh(x / (2 * self.alpha**2))
+
+    def grad_inverse(self, z):
+        return 2 * self.alpha**2 * jnp.sinh(z)
+
+    def potential(self, x):
+        return SquareDiffMirror(self.alpha).potential(x)
+
+
+def test_implicit_bias_is_the_kkt_point_and_compiles_once():
+    """Optimality: ∇R(x) − ∇R(x₀) ∈ range(Aᵀ) and Ax = b, checked by least squares; a second
+    call with another α and other data reuses the compiled program."""
+    traces = []
+    for seed, alpha in [(0, 0.3), (1, 0.1)]:
+        problem = small_regression(seed)
+        A, b, x0 = problem.A, problem.b, 0.1 * jnp.ones(problem.dim)
+        mirror = _CountingMirror(jnp.asarray(alpha), traces)
+        bias = implicit_bias(mirror, A, b, x0)
+        if seed == 0:
+            first = len(traces)
+        x = np.asarray(bias.x)
+        residual = np.max(np.abs(np.asarray(A) @ x - np.asarray(b)))
+        assert bool(bias.converged) and residual < 1e-12
+        np.testing.assert_allclose(bias.residual, residual, rtol=1e-6, atol=1e-16)
+        shift = np.arcsinh(x / (2 * alpha**2)) - np.arcsinh(np.asarray(x0) / (2 * alpha**2))
+        nu = np.linalg.lstsq(np.asarray(A).T, shift, rcond=None)[0]
+        np.testing.assert_allclose(np.asarray(A).T @ nu, shift, atol=1e-9)
+    assert first > 0 and len(traces) == first
+
+
+def test_implicit_bias_flags_an_inconsistent_system():
+    bias = implicit_bias(
+        SquareDiffMirror(0.5),
+        jnp.array([[1.0, 0.0, 0.0]] * 2),
+        jnp.array([1.0, 2.0]),
+        jnp.zeros(3),
+    )
+    assert not bool(bias.converged)
+    assert not float(bias.residual) < 0.5  # Ax = b is off by at least 1/2 (or x is not finite)
+
+
+def test_implicit_bias_bad_setup():
+    with pytest.raises(ValueError, match="`A`, `b` and `x0` must have shapes"):
+        implicit_bias(SquareDiffMirror(0.5), jnp.ones((2, 3)), jnp.ones(3), jnp.zeros(3))
+    with pytest.raises(ValueError, match="`mirror` must have `grad`, `grad_inverse`"):
+        implicit_bias(object(), jnp.ones((2, 3)), jnp.ones(2), jnp.zeros(3))
+
+
+# ----------------------------------------------------------------------------- c = 0
+
+
+@pytest.mark.parametrize("q, depth", SHAPES)
+def test_uniform_init_metric_and_first_factor(q, depth):
+    """c = 0: a = |x|^(q/L) and h = L·|x|^(q(L−1)/L) = Σ_i ∏_{j≠i} |w_j|^q at w_i = |x|^(1/L)."""
+    mirror = DeepDiagonalMirror(q, depth, 0.0)
+    x = X[X != 0]
+    np.testing.assert_allclose(mirror.first_factor(x), np.abs(x) ** (q / depth), rtol=1e-12)
+    w = np.abs(np.asarray(x)) ** (1 / depth)
+    by_factors = depth * (w**q) ** (depth - 1)
+    np.testing.assert_allclose(mirror.metric(x), by_factors, rtol=1e-12)
+    np.testing.assert_allclose(
+        mirror.metric(x), depth * np.abs(x) ** (q * (depth - 1) / depth), rtol=1e-12
+    )
+    assert float(mirror.metric(jnp.zeros(1))[0]) == (1.0 if depth == 1 else 0.0)
+
+
+@pytest.mark.parametrize("q, depth", [(1.25, 3), (1.5, 2), (1.0, 4)])
+def test_uniform_init_potential_by_quadrature(q, depth):
+    """(L−1)(q−1) < 1: ∇R(x) = ∫_0^x ds/h(s) and R(x) = ∫_0^x ∇R by scipy quadrature; the
+    per-coordinate c = (0, 0.3) agrees with the scalar mirrors."""
+    mirror = DeepDiagonalMirror(q, depth, 0.0)
+    m = q * (depth - 1) / depth
+    for x in (-2.5, 0.01, 0.8, 40.0):
+        grad = integrate.quad(lambda s: 1 / (depth * abs(s) ** m), 0.0, abs(x), epsrel=1e-12)[0]
+        np.testing.assert_allclose(mirror.grad(jnp.array([x])), np.sign(x) * grad, rtol=1e-9)
+        potential = integrate.quad(lambda s: float(mirror.grad(s)), 0.0, x, epsrel=1e-12)[0]
+        np.testing.assert_allclose(mirror.potential(jnp.array([x])), potential, rtol=1e-8)
+        z = mirror.grad(jnp.array([x]))
+        np.testing.assert_allclose(mirror.grad_inverse(z), [x], rtol=1e-10)
+    mixed = DeepDiagonalMirror(q, depth, jnp.array([0.0, 0.3]))
+    xs = jnp.array([0.7, 0.7])
+    singles = [DeepDiagonalMirror(q, depth, c).grad(xs[:1])[0] for c in (0.0, 0.3)]
+    np.testing.assert_allclose(mixed.grad(xs), singles, rtol=1e-13)
+    grads = jax.grad(lambda v: mixed.potential(v))(xs)
+    assert bool(jnp.all(jnp.isfinite(grads)))
+
+
+def test_uniform_init_potential_diverges_for_large_exponent():
+    """(L−1)(q−1) ≥ 1 (here q = 2, L = 2): ∫_0 ds/h diverges, ∇R is infinite off 0."""
+    mirror = DeepDiagonalMirror(2.0, 2, 0.0)
+    np.testing.assert_array_equal(mirror.grad(jnp.array([-1.0, 0.0, 2.0])), [-np.inf, 0.0, np.inf])
+    assert bool(jnp.isnan(mirror.grad_inverse(jnp.array([1.0]))[0]))
+
+
+def _factor_flow_scipy(A, b, q, depth, alpha, ts):
+    """The exact steepest flow dw_i/dt = −φ_q(g ⊙ ∏_{j≠i} w_j) of x = ∏ w_i from w_i = α,
+    g = Aᵀ(Ax − b)/n, by scipy's DOP853: an integrator independent of the toolkit."""
+    n, d = A.shape
+
+    def phi(u):
+        return np.sign(u) * np.abs(u) ** (q - 1)
+
+    def rhs(_, flat):
+        w = flat.reshape(depth, d)
+        g = A.T @ (A @ np.prod(w, axis=0) - b) / n
+        others = np.stack([np.prod(np.delete(w, i, axis=0), axis=0) for i in range(depth)])
+        return -phi(g * others).ravel()
+
+    w0 = np.full(depth * d, alpha)
+    sol = integrate.solve_ivp(
+        rhs, (0, ts[-1]), w0, t_eval=ts, method="DOP853", rtol=1e-12, atol=1e-14
+    )
+    return np.prod(sol.y.reshape(depth, d, -1), axis=0).T
+
+
+@pytest.mark.parametrize("q, depth", [(2.0, 2), (1.5, 3)])
+def test_mirror_flow_at_c_zero_equals_the_factor_flow_from_a_uniform_init(q, depth):
+    problem = small_regression(n=4, d=6)
+    A, b = np.asarray(problem.A), np.asarray(problem.b)
+    alpha, ts = 0.5, np.array([0.0, 0.5, 1.0])
+    flow = MirrorFlow(mf.Lp(q), depth=depth, c=0.0)
+    x0 = jnp.full(problem.dim, alpha**depth)
+    sol = solve_mirror_flow(flow, x0, problem, 1.0, saveat=ts, stepsize_controller=TIGHT)
+    assert bool(sol.ok)
+    expected = _factor_flow_scipy(A, b, q, depth, alpha, ts)
+    assert np.max(np.abs(expected[-1] - expected[0])) > 1e-2  # it moved
+    np.testing.assert_allclose(sol.x, expected, rtol=1e-8, atol=1e-10)

@@ -35,7 +35,9 @@ def measure(q: float, depth: int, problem) -> tuple[float, float, float]:
         stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-12),
         max_steps=400_000,
     )
-    predicted = mf.implicit_bias(mf.DeepDiagonalMirror(q, depth, C), problem.A, problem.b, model())
+    bias = mf.implicit_bias(mf.DeepDiagonalMirror(q, depth, C), problem.A, problem.b, model())
+    assert bool(bias.converged), f"implicit_bias: residual {float(bias.residual):.1e}"
+    predicted = bias.x
     gap = float(jnp.max(jnp.abs(sol.x[-1] - predicted)))
     return gap, float(sol.loss[-1]), float(jnp.max(jnp.abs(predicted)))
 
