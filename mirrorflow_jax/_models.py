@@ -344,8 +344,9 @@ def _truncate(stacks: tuple[Factors, ...], depth) -> tuple[Factors, ...]:
             f"the depth-{int(depth)} factor must not be identically zero: trailing zero factors "
             "mark padding (a zero factor w_L at init would be read as a shallower model)."
         )
-    message = "`depth` must lie in [1, max_depth] and the last real factor must be nonzero"
-    return tuple(eqx.error_if(stack, bad, message) for stack in padded)
+    # Traced (a sweep over depth): NaN factors instead of a run-time error, so that only this
+    # member fails (its solve ends at once with result `nonfinite`), not the whole program.
+    return tuple(jnp.where(bad, jnp.nan, stack) for stack in padded)
 
 
 class PaddedDeepDiagonal(AbstractReparam):

@@ -1,7 +1,7 @@
 """Resource limits, checked before anything is allocated or compiled.
 
 A sweep or an experiment config whose arrays would hold more than ``MIRRORFLOW_MAX_ELEMENTS``
-numbers (default 2³¹, 16 GiB in float64), or an experiment deeper than
+numbers (default 2²⁹, 4 GiB in float64), or an experiment deeper than
 ``MIRRORFLOW_MAX_DEPTH`` factors (default 64), is refused with a ValueError that gives the
 estimate and names the environment variable that raises the limit.
 """
@@ -11,7 +11,7 @@ import os
 
 ELEMENTS_VARIABLE = "MIRRORFLOW_MAX_ELEMENTS"
 DEPTH_VARIABLE = "MIRRORFLOW_MAX_DEPTH"
-DEFAULT_MAX_ELEMENTS = 2**31
+DEFAULT_MAX_ELEMENTS = 2**29
 DEFAULT_MAX_DEPTH = 64
 
 
@@ -50,8 +50,9 @@ def check_depth(name: str, depth: int):
 
 
 def check_sweep(grid_size: int, num_axes: int, member_elements: int | None = None):
-    """A sweep's grid (before its members are listed) and, once traced, its outputs."""
-    check_elements("the sweep's grid", grid_size * num_axes, f"{grid_size} members")
+    """A sweep's grid (before its members are listed: a value and an index per member and
+    axis) and, once traced, its outputs."""
+    check_elements("the sweep's grid", 2 * grid_size * num_axes, f"{grid_size} members")
     if member_elements is not None:
         detail = f"{grid_size} members × {member_elements} output numbers each"
         check_elements("the sweep's outputs", grid_size * member_elements, detail)

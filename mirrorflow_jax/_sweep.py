@@ -17,7 +17,7 @@ from jax.experimental import multihost_utils
 from jax.extend.core import ClosedJaxpr, jaxpr_as_fun, jaxprs_in_params
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from . import _distributed, _grouping, _guard
+from . import _distributed, _grouping, _guard, _resources
 from ._checkpoints import _ChunkStore, _fingerprint
 from ._progress import Progress
 from ._results import provenance
@@ -252,6 +252,11 @@ class _Traced:
 
 def _member_dtype(values: np.ndarray):
     return jax.dtypes.canonicalize_dtype(values.dtype)
+
+
+def _member_elements(template) -> int:
+    """Numbers one member's outputs hold."""
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(template))
 
 
 def _trace(fn: Callable, grid: Grid) -> _Traced:
@@ -611,8 +616,10 @@ def sweep(
         shard = _distributed.current_shard()  # `mirrorflow run --shard`
 
     start = time.perf_counter()
+    _resources.check_sweep(grid.size, len(grid.names))  # before the members are listed
     traced = _trace(fn, grid)
     trace_seconds = time.perf_counter() - start
+    _resources.check_sweep(grid.size, len(grid.names), _member_elements(traced.template))
     _check_names(grid, _records(traced.template, 0, grid), traced.template)
 
     if group_by is None:
