@@ -71,6 +71,7 @@ if typing.TYPE_CHECKING:
         sparse_regression as sparse_regression,
     )
     from ._results import load_dataset as load_dataset, save_dataset as save_dataset
+    from ._solver.exact_kvaerno3 import PowerFlowKvaerno3 as PowerFlowKvaerno3
     from ._solver.rodas4 import Rodas4 as Rodas4, Rodas4Interpolation as Rodas4Interpolation
     from ._solver.rows import structured_jacobian as structured_jacobian
     from ._sensitivity import (
