@@ -574,9 +574,10 @@ def sweep(
       ``event_time``, ``num_steps``, ``result`` (a `RESULTS` code; names in
       ``attrs["result_codes"]``), and the geometry's ``q``/``eps`` unless they are axes;
     - for any other PyTree: one variable per leaf, named by its path;
-    - ``finite`` (no NaN/inf in the outputs at the times reached) and ``ok`` (finite, and the
-      solve succeeded). A failed member (max_steps reached, non-finite) is marked, never
-      dropped, and does not disturb the others.
+    - ``finite`` (no NaN/inf in the outputs and save times at the times reached; False for a
+      member that ended ``nonfinite`` or ``invalid_hyperparameter``) and ``ok`` (finite, and
+      the solve succeeded). A failed member (max_steps reached, non-finite, a traced
+      hyperparameter out of range) is marked, never dropped, and does not disturb the others.
 
     ``attrs`` hold the grid, the strategy used, chunk and device counts, trace/compile/run
     seconds, chunks resumed, package and jax versions, and ``attrs``.
