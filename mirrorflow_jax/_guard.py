@@ -50,7 +50,8 @@ _RANGES = {
         "eps": (0.0, jnp.inf, False),
         "weight_decay": (0.0, jnp.inf, False),
     },
-    "DeepDiagonalMirror": {"q": (1.0, 2.0, False), "c": (0.0, jnp.inf, True)},
+    "DeepDiagonalMirror": {"q": (1.0, 2.0, False), "c": (0.0, jnp.inf, False)},
+    "MirrorFlow": {"c": (0.0, jnp.inf, False), "decoupled_wd": (0.0, jnp.inf, False)},
 }
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import mirrorflow_jax as mf
+from mirrorflow_jax import _guard
 from mirrorflow_jax._models import PaddedDeepDiagonal
 from mirrorflow_jax._sweep import Grid, sweep
 from mirrorflow_jax.cli import main
@@ -129,6 +130,23 @@ def test_traced_hyperparameters_are_checked_under_the_users_own_jit_and_vmap():
     invalid = out.result == mf.RESULTS.invalid_hyperparameter
     assert invalid.tolist() == [False] + [True] * 6
     assert np.all(np.isposinf(np.asarray(out.ts)[1:])), "an invalid member reached no time"
+
+
+@pytest.mark.parametrize(
+    ("make", "good", "bad"),
+    [
+        (lambda v: mf.SteepestFlow(mf.Lp(v)), 1.0, 2.5),
+        (lambda v: mf.SteepestFlow(mf.Lp(1.0, v)), 0.0, -1e-3),
+        (lambda v: mf.SteepestFlow(coupled_wd=v), 0.0, -0.1),
+        (lambda v: mf.AdamFlow(rate1=v, rate2=1.0), 1.0, 0.0),
+        (lambda v: mf.AdamFlow(rate1=1.0, rate2=1.0, weight_decay=v), 0.0, -1.0),
+        (lambda v: mf.MirrorFlow(mf.Lp(1.5), depth=2, c=v), 0.0, -1.0),
+        (lambda v: mf.MirrorFlow(mf.Lp(v), depth=2, c=1.0), 2.0, 0.5),
+    ],
+)
+def test_every_flows_traced_hyperparameters_are_range_checked(make, good, bad):
+    valid = jax.jit(jax.vmap(lambda v: _guard._flow_valid(make(v))))(jnp.array([good, bad]))
+    assert valid.tolist() == [True, False]
 
 
 # ----------------------------------------------------------------- non-finite states: early end
