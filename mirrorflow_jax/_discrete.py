@@ -102,7 +102,8 @@ class DiscreteRun(eqx.Module):
 
     - ``steps``: the saved step indices k, shape (S,).
     - ``params``: the parameters θ_k at ``steps`` (leading axis S).
-    - ``x``: effective weights at ``steps``, shape (S, dim).
+    - ``x``: effective weights at ``steps``, shape (S, dim) (for plain PyTree params, the
+      params themselves, leading axis S).
     - ``loss``: f(x) at ``steps``, shape (S,).
     """
 

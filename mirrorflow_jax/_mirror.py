@@ -421,7 +421,7 @@ def implicit_bias(
     problem = mf.sparse_regression(jax.random.key(0), n=8, d=12, k=3)
     mirror = mf.DeepDiagonalMirror(q=2.0, depth=2, c=0.5)
     bias = mf.implicit_bias(mirror, problem.A, problem.b, jnp.zeros(12))
-    bias.x, bias.residual, bias.converged  # residual ≈ 1e-10, True
+    bias.x, bias.residual, bias.converged  # residual ~ 1e-15, converged True
     ```
     """
     check_int("max_steps", max_steps, 1)

@@ -106,7 +106,8 @@ class FlowSolution(eqx.Module):
       ``inf`` (e.g. ``[0, 2.3, inf, …]`` for ``ts=[0, 20, 40, …], t1=True`` and an event at
       2.3); select the saved states with ``jnp.isfinite(ts)``.
     - ``params``: the parameter PyTree at ``ts`` (leading axis T).
-    - ``x``: effective weights at ``ts``, shape (T, dim).
+    - ``x``: effective weights at ``ts``, shape (T, dim) (for plain PyTree params, the params
+      themselves, leading axis T).
     - ``loss``: f(x) at ``ts``, shape (T,) (without the coupled weight-decay term).
     - ``balance``: |w_i|^q − |w_1|^q at ``ts`` for toolkit models (leading axis T), else None.
     - ``event_time``: the escape time located by root finding; ``inf`` if no event fired or
