@@ -100,8 +100,22 @@ class Progress:
             if self._bar is not None:
                 self._bar.set_postfix_str(self._status(), refresh=False)
                 self._bar.update()
-            elif self._due(now) or self.done == self.total:
-                self._log(f"{self.unit} {self.done}/{self.total} done; {self._status()}")
+            elif self._visible and (self._due(now) or self.done == self.total):
+                status = self._status()
+                self._log(
+                    f"{self.unit} {self.done}/{self.total} done" + (status and f"; {status}")
+                )
+
+    def start(self) -> "Progress":
+        """Start reporting (what ``with`` does); end with `close`."""
+        return self.__enter__()
+
+    def update(self):
+        """One more step finished (`step_done` without compile time)."""
+        self.step_done()
+
+    def close(self):
+        self.__exit__(None, None, None)
 
     def eta(self) -> float | None:
         """Seconds left at the mean computed step's run time (compile excluded); None before
@@ -120,9 +134,12 @@ class Progress:
             if self._bar is not None:
                 self._bar.close()
             elif self._visible and kind is None:
+                compiled = (
+                    f", compile {self.compile_seconds:.1f} s" if self.compile_seconds else ""
+                )
                 self._log(
-                    f"finished: {self.computed} {self.unit}s computed, {self.resumed} resumed, "
-                    f"compile {self.compile_seconds:.1f} s"
+                    f"finished: {self.computed} {self.unit}s computed, {self.resumed} resumed"
+                    + compiled
                 )
 
     # -------------------------------------------------------------------- internals
@@ -151,7 +168,7 @@ class Progress:
             resumed = f", {self.resumed} resumed" if self.resumed else ""
             self._log(
                 f"{self.total} {self.unit}{'s' if self.total != 1 else ''}{resumed}; "
-                f"running {self.unit} {self.done + 1} (the first one also compiles)"
+                f"running {self.unit} {self.done + 1}"
             )
         self._visible = True
 

@@ -181,6 +181,25 @@ def test_eta_leaves_out_compile_time(terminal):
         assert "sweep: chunk 2/4 done; compile 28.0 s, ETA 0:06 [elapsed 0:34]" in text
 
 
+def test_stages_reported_without_a_with_block():
+    clock, file = _Clock(), io.StringIO()
+    bar = Progress(2, desc="finetune", unit="stage", show=True, file=file, clock=clock)
+    bar.min_interval = 0.0
+    bar.start()
+    clock.now += 1.0
+    bar.update()
+    clock.now += 1.0
+    bar.update()
+    bar.close()
+    lines = file.getvalue().splitlines()
+    assert lines[0] == "finetune: 2 stages; running stage 1 [elapsed 0:00]"
+    assert lines[1:] == [
+        "finetune: stage 1/2 done; ETA 0:01 [elapsed 0:01]",
+        "finetune: stage 2/2 done [elapsed 0:02]",
+        "finetune: finished: 2 stages computed, 0 resumed [elapsed 0:02]",
+    ]
+
+
 def test_progress_by_default_only_after_a_few_seconds():
     clock, file = _Clock(), io.StringIO()
     with Progress(2, desc="sweep", file=file, clock=clock, delay=3.0) as p:

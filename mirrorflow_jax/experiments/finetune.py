@@ -25,9 +25,9 @@ import numpy as np
 import optax
 import xarray as xr
 from jaxtyping import Array, Float, Int, PRNGKeyArray
-from tqdm.auto import tqdm
 
 import mirrorflow_jax as mf
+from mirrorflow_jax._progress import Progress  # the sweeps' reporter: bar or log lines
 from mirrorflow_jax.experiments._base import Check
 
 OPTIMIZERS = ("sgd_small", "sgd_tuned", "adam_small", "adamw_small", "sign_small")
@@ -424,7 +424,7 @@ def run(config: Config = Config(), *, workdir=None, progress: bool = False) -> x
     keys = jax.random.split(jax.random.key(config.seed), (4, config.num_seeds))
     init_keys, head_keys, lanczos_keys, factor_keys = keys
     save_steps = jnp.asarray(_save_steps(config))
-    bar = tqdm(total=5, desc="finetune", disable=not progress)
+    bar = Progress(5, desc="finetune", unit="stage", show=progress).start()
 
     def finetune(method, lr, wd, models):
         hyper = hyperparameters(method, lr, wd)
