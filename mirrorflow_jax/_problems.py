@@ -4,6 +4,8 @@ A problem is an equinox Module holding its data and called on x; it is a PyTree,
 arrays are traced (not baked in as constants) when passed to `solve_flow` or vmapped over.
 """
 
+import abc
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -23,6 +25,35 @@ from ._validate import (
 CLASSIFICATION_LOSSES = ("logistic", "exponential")
 
 
+class AbstractLoss(eqx.Module):
+    """A loss f(x) of the effective weights x ∈ R^d, as an equinox Module whose data are
+    fields (so that they are traced, not compiled in, and a new data set does not recompile).
+
+    Subclass it for your own loss; `AbstractFactoredLoss` adds the Hessian factor that the
+    structured stiff solvers need.
+    """
+
+    @property
+    @abc.abstractmethod
+    def dim(self) -> int | None:
+        """The dimension d of x the loss expects, or None if it takes any."""
+
+    @abc.abstractmethod
+    def __call__(self, x: Vector) -> Scalar:
+        """f(x), a scalar."""
+
+
+class AbstractFactoredLoss(AbstractLoss):
+    """A loss whose Hessian comes as a factor, ∇²f(x) = C(x) C(x)ᵀ with C of shape (d, r):
+    the linear-model losses, where r is the number of samples. `Rodas4`'s structured
+    Jacobian and `SignFlowKvaerno3` need it, and ``solver="auto"`` picks them only for such
+    a loss."""
+
+    @abc.abstractmethod
+    def hessian_factor(self, x: Vector) -> Array:
+        """C with ∇²f(x) = C Cᵀ, shape (d, r)."""
+
+
 def _check_design(A, target, target_name):
     check_array("A", A, 2)
     check_array(target_name, target, 1)
@@ -37,7 +68,7 @@ def _check_design(A, target, target_name):
     check_finite(target_name, target)
 
 
-class LeastSquares(eqx.Module):
+class LeastSquares(AbstractFactoredLoss):
     r"""Regression loss f(x) = ‖Ax − b‖² / (2n).
 
     **Fields:** ``A`` (n, d); ``b`` (n,); ``truth`` (d,) the planted solution, or None.
@@ -65,7 +96,7 @@ class LeastSquares(eqx.Module):
         return self.A.T / jnp.sqrt(self.A.shape[0])
 
 
-class LinearClassification(eqx.Module):
+class LinearClassification(AbstractFactoredLoss):
     r"""Binary classification loss on labels y ∈ {−1, +1} with margins z = y ⊙ (Ax):
     logistic f(x) = mean log(1 + e^(−z)), or exponential f(x) = mean e^(−z).
 
@@ -107,7 +138,7 @@ class LinearClassification(eqx.Module):
         return self.A.T * jnp.sqrt(curvature / self.A.shape[0])
 
 
-class ScalarToy(eqx.Module):
+class ScalarToy(AbstractFactoredLoss):
     r"""The saddle-escape toy f(x) = Σ_j (x_j − target)² / 2 (docs/theory.md §5, target 1).
 
     Any dimension: it is called on x of shape (dim,) and returns a scalar.
@@ -120,6 +151,10 @@ class ScalarToy(eqx.Module):
     def __init__(self, target: ScalarLike = 1.0):
         check_finite("target", target)
         self.target = as_float(target)
+
+    @property
+    def dim(self) -> None:
+        return None
 
     def __call__(self, x: Vector) -> Scalar:
         return 0.5 * jnp.sum((x - self.target) ** 2)

@@ -12,10 +12,10 @@ from jaxtyping import ArrayLike
 from ._custom_types import Loss, Params, ScalarLike
 from ._flow import SteepestFlow
 from ._models import AbstractReparam
-from ._solver.rodas4 import Rodas4
-from ._solver.sign_kvaerno3 import SignFlowKvaerno3, _check_setup as check_sign_flow_setup
-from ._solve import solve_flow
-from ._validate import as_float, check_range, is_concrete
+from ._solve import DEFAULT_CONTROLLER, solve_flow
+from ._solver.auto import choose_solver
+from ._solver.stiffness import StiffnessCheck
+from ._validate import as_float, check_range
 
 
 def eps_sensitivity(
@@ -29,11 +29,10 @@ def eps_sensitivity(
     r"""Solve one configuration at several smoothing scales ε and compare the endpoints.
 
     The flow dθ/dt = −φ_q^ε(∇F) − α θ is solved from ``params0`` to ``t1`` once per ε (one
-    compiled ``lax.map`` over ε). Small ε is stiff, so unless ``solver=`` is given the solver
-    is `SignFlowKvaerno3` where it applies (q = 1 on a toolkit model under a loss with
-    ``hessian_factor``): its cost stays bounded as ε → 0, and it passes factors that collapse
-    to 0, where `Rodas4` chatters or stalls (ε ≲ 1e-7, or even depth from a balanced init);
-    `Rodas4` otherwise. Its Newton test takes the tolerances of a ``stepsize_controller``
+    compiled ``lax.map`` over ε). Unless ``solver=`` is given, one solver serves every ε:
+    ``solver="auto"``'s choice for the smallest ε, the stiffest (`SignFlowKvaerno3` for the
+    sign flow where it applies: its cost stays bounded as ε → 0, and it passes factors that
+    collapse to 0, where `Rodas4` chatters or stalls; `Rodas4` for other q < 2). Its Newton test takes the tolerances of a ``stepsize_controller``
     with ``rtol`` and ``atol`` (default `solve_flow`'s). The choice is reported in the
     ``solver`` attribute; see ``ok`` for solves that ran out of steps. Reported per
     ε: the endpoint x_ε(t1), its loss, ‖x_ε‖₁ and ‖x_ε‖₂ (the implicit-bias norms), and
@@ -53,11 +52,12 @@ def eps_sensitivity(
     check_range("eps", eps, 0.0, lo_open=True)
     if "saveat" in solve_kwargs:
         raise ValueError("`saveat` is fixed to the endpoint by `eps_sensitivity`; drop it.")
-    if solve_kwargs.get("solver") is None:
+    solver = solve_kwargs.get("solver")
+    if solver is None or (isinstance(solver, str) and solver == "auto"):
+        # The choice for the smallest ε, which is the stiffest: one solver for every ε.
         smallest = eqx.tree_at(lambda f: f.geometry.eps, flow, float(eps.min()))
-        solve_kwargs["solver"] = _default_solver(
-            smallest, params0, loss, solve_kwargs.get("stepsize_controller")
-        )
+        controller = solve_kwargs.get("stepsize_controller") or DEFAULT_CONTROLLER
+        (solve_kwargs["solver"],) = choose_solver(smallest, params0, loss, controller).solvers
 
     def endpoint(e):
         flow_e = eqx.tree_at(lambda f: f.geometry.eps, flow, e)
@@ -83,23 +83,13 @@ def eps_sensitivity(
             "smoothing": flow.geometry.smoothing,
             "smoothing_at": flow.smoothing_for(params0),
             "t1": float(t1),
-            "solver": type(solve_kwargs["solver"]).__name__,
+            "solver": _solver_name(solve_kwargs["solver"]),
         },
     )
 
 
-def _default_solver(flow: SteepestFlow, params0: Params, loss: Loss, controller):
-    """`SignFlowKvaerno3` (with the controller's tolerances, where it has them) if it can take
-    the solve at every ε, else `Rodas4`."""
-    values = {name: getattr(controller, name, None) for name in ("rtol", "atol")}
-    concrete = all(value is not None and is_concrete(value) for value in values.values())
-    tolerances = {name: float(value) for name, value in values.items()} if concrete else {}
-    solver = SignFlowKvaerno3(**tolerances)
-    try:
-        check_sign_flow_setup(flow, params0, loss, solver.unknowns)
-    except ValueError:
-        return Rodas4()
-    return solver  # `solve_flow` checks the rest (the tolerances against the precision)
+def _solver_name(solver) -> str:
+    return type(solver.solver if isinstance(solver, StiffnessCheck) else solver).__name__
 
 
 @eqx.filter_jit

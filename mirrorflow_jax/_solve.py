@@ -17,7 +17,8 @@ from ._flow import AbstractFlow, FlowArgs
 from ._geometry import Lp
 from ._loss import traced_closure
 from ._models import AbstractReparam, effective_weights
-from ._solver.sign_kvaerno3 import SignFlowKvaerno3
+from ._solver.auto import solver_choice
+from ._solver.stiffness import StiffnessCheck, is_stiff
 from ._validate import as_float, check_int, check_params, check_times, is_concrete
 
 
@@ -120,6 +121,9 @@ class FlowSolution(eqx.Module):
     - ``geometry``: the flow's `Lp` geometry (q, ε, smoothing kind), or None for flows
       without one; ``smoothing_at``: "naive" or "structured" (None without a geometry).
       ``q``, ``eps`` and ``smoothing`` are shortcuts into ``geometry``.
+    - ``solver``: the name of the solver that ran (e.g. ``"SignFlowKvaerno3"``), or, where
+      ``solver="auto"`` chose per member because q or ε was traced, the candidates' names
+      joined by ``"|"``; ``solver_index``: which of them ran (0 for a single solver).
     """
 
     ts: Float[Array, " T"]
@@ -130,8 +134,10 @@ class FlowSolution(eqx.Module):
     event_time: Float[Array, ""]
     num_steps: Int[Array, ""]
     result: _guard.RESULTS
+    solver_index: Int[Array, ""]
     geometry: Lp | None
     smoothing_at: str | None = eqx.field(static=True)
+    solver: str = eqx.field(static=True)
 
     @property
     def q(self) -> Array | None:
@@ -177,6 +183,7 @@ def _as_saveat(saveat) -> diffrax.SaveAt:
 
 
 _SAVE_SLACK_ULPS = 16
+DEFAULT_CONTROLLER = diffrax.PIDController(rtol=1e-8, atol=1e-10)
 
 
 def _save_slack(dtype, t0, t1, xp=jnp):
@@ -280,9 +287,9 @@ def solve_flow(
     check_times(t0, t1, dt0, saveat.subs.ts)
     _check_setup(flow, params0, loss, t0, t1, saveat, max_steps)
     loss = traced_closure(loss)
-    if isinstance(solver, SignFlowKvaerno3):
-        solver.check_setup(flow, params0, loss)
-        solver = solver.resolved(flow, params0)
+    if stepsize_controller is None:
+        stepsize_controller = DEFAULT_CONTROLLER
+    choice = solver_choice(solver, flow, params0, loss, stepsize_controller)
     return _solve(
         flow,
         params0,
@@ -291,10 +298,8 @@ def solve_flow(
         as_float(t1),
         None if dt0 is None else as_float(dt0),
         saveat,
-        diffrax.Tsit5() if solver is None else solver,
-        diffrax.PIDController(rtol=1e-8, atol=1e-10)
-        if stepsize_controller is None
-        else stepsize_controller,
+        choice,
+        stepsize_controller,
         event,
         EventNewton(rtol=1e-10, atol=1e-10) if root_finder is None else root_finder,
         max_steps,
@@ -312,7 +317,7 @@ def _solve(
     t1,
     dt0,
     saveat,
-    solver,
+    choice,
     controller,
     escape,
     root_finder,
@@ -328,30 +333,47 @@ def _solve(
     if escape is not None:
         saveat = diffrax.SaveAt(subs=[saveat.subs, diffrax.SubSaveAt(t1=True)])
         diffrax_event = diffrax.Event(_escape_cond(escape), root_finder)
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(_vector_field),
-        solver,
-        t0,
-        t1,
-        dt0,
-        flow.init(params0),
-        args=FlowArgs(flow, loss, value0),
-        saveat=saveat,
-        stepsize_controller=_guard.guarded(controller),
-        event=diffrax_event,
-        max_steps=max_steps,
-        adjoint=adjoint,
-        throw=False,
-        progress_meter=progress_meter,
-    )
-    ts, ys = sol.ts, sol.ys
-    event_time = jnp.asarray(jnp.inf, t1.dtype)
-    if escape is not None:
-        (ts, final_ts), (ys, _) = ts, ys
-        event_time = jnp.where(sol.event_mask, final_ts[-1], event_time)
+    args = FlowArgs(flow, loss, value0)
+
+    def run(solver):
+        watch = isinstance(solver, StiffnessCheck)
+        if watch:
+            saved = eqx.tree_at(lambda s: s.solver_state, saveat, True)
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(_vector_field),
+            solver,
+            t0,
+            t1,
+            dt0,
+            flow.init(params0),
+            args=args,
+            saveat=saved if watch else saveat,
+            stepsize_controller=_guard.guarded(controller),
+            event=diffrax_event,
+            max_steps=max_steps,
+            adjoint=adjoint,
+            throw=False,
+            progress_meter=progress_meter,
+        )
+        ts, ys = sol.ts, sol.ys
+        event_time = jnp.asarray(jnp.inf, t1.dtype)
+        if escape is not None:
+            (ts, final_ts), (ys, _) = ts, ys
+            event_time = jnp.where(sol.event_mask, final_ts[-1], event_time)
+        stiff = is_stiff(solver, sol.solver_state) if watch else jnp.asarray(False)
+        return ts, ys, event_time, sol.stats["num_steps"], sol.result, stiff
+
+    geometry = getattr(flow, "geometry", None)
+    if len(choice.solvers) == 1:
+        index = jnp.asarray(0)
+        ts, ys, event_time, num_steps, result, stiff = run(choice.solvers[0])
+    else:
+        # One branch runs per member (under lax.map; a vmapped switch runs all of them).
+        index = choice.index(geometry.q, geometry.eps)
+        branches = [functools.partial(run, solver) for solver in choice.solvers]
+        ts, ys, event_time, num_steps, result, stiff = jax.lax.switch(index, branches)
     params = jax.vmap(flow.params_of)(ys)
     x = jax.vmap(effective_weights)(params)
-    geometry = getattr(flow, "geometry", None)
     balance = None
     if isinstance(params0, AbstractReparam) and geometry is not None:
         balance = jax.vmap(lambda model: model.balance(geometry.q))(params)
@@ -362,8 +384,10 @@ def _solve(
         loss=jax.vmap(loss)(x),
         balance=balance,
         event_time=event_time,
-        num_steps=sol.stats["num_steps"],
-        result=_guard.final_result(sol.result, valid),
+        num_steps=num_steps,
+        result=_guard.final_result(result, valid, stiff),
+        solver_index=index,
+        solver=choice.label,
         geometry=geometry,
         smoothing_at=flow.smoothing_for(params0),
     )

@@ -34,6 +34,9 @@ RESULT_NAMES = (
     "dt_min_reached",
     "nonfinite",
     "invalid_hyperparameter",
+    "stiff",
+    "singular",
+    "nonlinear_divergence",
 )
 
 
@@ -402,6 +405,7 @@ def _solution_records(sol: FlowSolution, n: int, grid: Grid) -> dict[str, tuple]
         for name, leaf in _named_leaves(trajectories)
     }
     scalars = {"event_time": sol.event_time, "num_steps": sol.num_steps}
+    scalars["solver_index"] = sol.solver_index  # into the "solvers" attribute
     scalars["result"] = _result_code(sol.result)
     if sol.geometry is not None:  # q and ε are recorded unless they are grid axes already
         geometry = {"q": sol.geometry.q, "eps": sol.geometry.eps}
@@ -462,7 +466,7 @@ def _solution_attrs(template) -> dict[str, Any]:
     if not isinstance(template, FlowSolution):
         return {}
     codes = {name: int(_result_code(getattr(_guard.RESULTS, name))) for name in RESULT_NAMES}
-    attrs = {"result_codes": codes}
+    attrs = {"result_codes": codes, "solvers": template.solver.split("|")}
     if template.geometry is not None:
         attrs |= {"smoothing": template.smoothing, "smoothing_at": template.smoothing_at}
     return attrs

@@ -49,8 +49,11 @@ def check_choice(name: str, value, choices):
 
 
 def as_float(value):
-    """Convert to a JAX array of the default floating dtype (keeps tracers as they are)."""
-    return jnp.asarray(value, dtype=jnp.result_type(float))
+    """Convert to a JAX array of the default floating dtype (keeps tracers as they are). A
+    constant stays concrete inside ``jit`` too (e.g. ``Lp(1.0)`` built in a jitted function),
+    so that what depends on its value, such as the automatic solver choice, can read it."""
+    with jax.ensure_compile_time_eval():
+        return jnp.asarray(value, dtype=jnp.result_type(float))
 
 
 def _show(arr):

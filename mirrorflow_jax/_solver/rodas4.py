@@ -18,8 +18,9 @@ from jaxtyping import Array
 
 from .._flow import FlowArgs, SteepestFlow
 from .._validate import check_choice, check_range
+from .base import AbstractFlowSolver
 from .linear import WoodburySolver, relative_residual
-from .rows import rows, supports_structured, unrows, velocity_and_jacobian
+from .rows import rows, structured_capable, supports_structured, unrows, velocity_and_jacobian
 
 STRUCTURES = ("auto", "structured", "dense")
 
@@ -96,7 +97,7 @@ def _autonomous(args) -> bool:
     )
 
 
-class Rodas4(diffrax.AbstractAdaptiveSolver):
+class Rodas4(AbstractFlowSolver):
     r"""Rodas4: a 4th-order, L-stable, stiffly accurate Rosenbrock method with an embedded
     3rd-order error estimate and 3rd-order dense output (Hairer & Wanner 1996), as a diffrax
     solver. Use it for the regularized sign flow (q near 1, small ε), which is stiff near a
@@ -114,8 +115,11 @@ class Rodas4(diffrax.AbstractAdaptiveSolver):
 
     If the first stage's solve has relative residual ‖(I − γhJ)k − b‖/‖b‖ above
     ``residual_tol`` (a near-singular block or capacitance matrix; all six stages share that
-    factorization), or the step is not finite, the step is rejected and the controller
-    retries with a smaller h.
+    factorization), or the step is not finite, the step fails: an adaptive controller
+    rejects it and retries with a smaller h, and under a constant step size the solve stops
+    with the result ``singular`` or ``nonfinite``. It integrates in either direction of time
+    (t1 < t0 too, as diffrax's backward solves and ``BacksolveAdjoint`` need), and evaluates
+    ∂f/∂t only for fields that depend on t.
 
     It follows the field as given: where the structure-preserving sign flow's factors collapse
     to 0 together (a shrinking part at even depth from a balanced init, or a part held at 0 by
@@ -133,11 +137,24 @@ class Rodas4(diffrax.AbstractAdaptiveSolver):
         check_choice("structure", self.structure, STRUCTURES)
         check_range("residual_tol", self.residual_tol, 0.0, lo_open=True)
 
+    def unsupported(self, flow, params, loss) -> str | None:
+        if self.structure == "structured" and not structured_capable(flow, params, loss):
+            return (
+                "structure='structured' needs a SteepestFlow on a separable toolkit model "
+                "(AbstractReparam) under an AbstractFactoredLoss (LeastSquares, "
+                "LinearClassification, ScalarToy); pass structure='dense' or 'auto'."
+            )
+        return None
+
+    def resolve(self, flow, params, loss, controller) -> "Rodas4":
+        return self
+
     def order(self, terms):
         return 4
 
     def error_order(self, terms):
-        return 3
+        # The embedded estimate is of order 3, so the local error it measures is O(h⁴).
+        return 4
 
     def init(self, terms, t0, t1, y0, args):
         return None
@@ -145,54 +162,66 @@ class Rodas4(diffrax.AbstractAdaptiveSolver):
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
 
-    def _linearization(self, terms, t0, y0, args, scale):
-        """Flattening maps, the field at (t0, y0), the stage matrix I − scale·J and its
-        factorization."""
+    def _linearization(self, terms, t0, y0, args, scale, direction):
+        """Flattening maps, the field F = direction·f at (t0, y0) and ∂F/∂t there (None
+        where F does not depend on t), the stage matrix I − scale·∂F/∂y and its
+        factorization. ``direction`` is −1 when diffrax integrates backwards in time (its
+        terms then flip t, and the control, not the field, carries the sign)."""
         structured = supports_structured(args, y0)
         if self.structure == "structured" and not structured:
-            raise ValueError(
-                "`Rodas4(structure='structured')` needs a SteepestFlow on a toolkit model "
-                "(AbstractReparam) under a loss with `hessian_factor`, solved by solve_flow; "
-                "use structure='dense' (or 'auto') otherwise."
-            )
+            raise ValueError(self.unsupported(None, y0, None))
         if self.structure != "dense" and structured:
             dim = y0().shape[0]
-            field0, jacobian = velocity_and_jacobian(args.flow, y0, args.loss, t0)
-            operator = jacobian.shifted(scale)
+            field0, jacobian = velocity_and_jacobian(args.flow, y0, args.loss, direction * t0)
+            field0 = direction * field0
+            operator = jacobian.shifted(direction * scale)
             solver = WoodburySolver()
             flatten, unflatten = (lambda y: rows(y, dim)), (lambda r: unrows(r, y0))
+            dfdt = None
+            if not _autonomous(args):
+                dfdt = jax.jvp(
+                    lambda t: direction * flatten(terms.vf(t, y0, args)),
+                    (t0,),
+                    (jnp.ones_like(t0),),
+                )[1]
         else:
             flat0, unflatten = ravel_pytree(y0)
             flatten = lambda y: ravel_pytree(y)[0]  # noqa: E731
+            # One linearization in (y, t): the t tangent is a symbolic zero, free, for a field
+            # that does not depend on t.
             field0, linear = jax.linearize(
-                lambda f: flatten(terms.vf(t0, unflatten(f), args)), flat0
+                lambda f, t: direction * flatten(terms.vf(t, unflatten(f), args)), flat0, t0
             )
             eye = jnp.eye(flat0.shape[0], dtype=flat0.dtype)
-            jacobian = jax.vmap(linear, out_axes=1)(eye)
+            zero_t = jnp.zeros_like(t0)
+            jacobian = jax.vmap(lambda e: linear(e, zero_t), out_axes=1)(eye)
+            dfdt = None if _autonomous(args) else linear(jnp.zeros_like(flat0), jnp.ones_like(t0))
             operator = lx.MatrixLinearOperator(eye - scale * jacobian)
             solver = lx.LU()
-        return flatten, unflatten, field0, operator, solver, solver.init(operator, {})
+        factorization = solver.init(operator, {})
+        return flatten, unflatten, field0, dfdt, operator, solver, factorization
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del solver_state, made_jump
         h = t1 - t0
         scale = _GAMMA * h
-        flatten, unflatten, field0, operator, solver, state = self._linearization(
-            terms, t0, y0, args, scale
+        # diffrax solves t1 < t0 as t ↦ −t with the sign in the control: follow the control.
+        direction = jnp.where(terms.contr(t0, t1) < 0, -1.0, 1.0)
+        flatten, unflatten, field0, dfdt, operator, solver, state = self._linearization(
+            terms, t0, y0, args, scale, direction
         )
 
         def field(t, flat):
-            return flatten(terms.vf(t, unflatten(flat), args))
+            return direction * flatten(terms.vf(t, unflatten(flat), args))
 
         y0_flat = flatten(y0)
-        if _autonomous(args):
-            dfdt = jnp.zeros_like(y0_flat)
-        else:
-            dfdt = jax.jvp(lambda t: field(t, y0_flat), (t0,), (jnp.ones_like(t0),))[1]
         a, c, d, times = (jnp.asarray(m, y0_flat.dtype) for m in (_A, _C, _D, _STAGE_TIMES))
 
         def solve(i, ks, velocity):
-            rhs = scale * (velocity + d[i] * h * dfdt + jnp.tensordot(c[i], ks, 1) / h)
+            rhs = velocity + jnp.tensordot(c[i], ks, 1) / h
+            if dfdt is not None:
+                rhs = rhs + d[i] * h * dfdt
+            rhs = scale * rhs
             k, _, _ = solver.compute(state, rhs, {})
             return ks.at[i].set(k), rhs
 
@@ -207,7 +236,16 @@ class Rodas4(diffrax.AbstractAdaptiveSolver):
         residual = relative_residual(operator, ks[0], rhs)
         ks = jax.lax.fori_loop(1, 6, stage, ks)
         y1_flat = y0_flat + jnp.tensordot(a[6], ks, 1)
-        failed = ~(residual <= self.residual_tol) | ~jnp.all(jnp.isfinite(y1_flat))
+        singular = ~(residual <= self.residual_tol)
+        nonfinite = ~jnp.all(jnp.isfinite(y1_flat))
+        failed = singular | nonfinite
+        # A failed step reports it: an adaptive controller rejects the step (its error is
+        # inf) and diffrax then ignores the code; under a constant step it ends the solve.
+        result = diffrax.RESULTS.where(
+            nonfinite,
+            diffrax.RESULTS.nonfinite,
+            diffrax.RESULTS.where(singular, diffrax.RESULTS.singular, diffrax.RESULTS.successful),
+        )
         y_error = jnp.where(failed, jnp.inf, ks[5])
         y1 = unflatten(jnp.where(failed, y0_flat, y1_flat))
         dense_info = dict(
@@ -216,4 +254,4 @@ class Rodas4(diffrax.AbstractAdaptiveSolver):
             k1=unflatten(jnp.tensordot(jnp.asarray(_H[0], ks.dtype), ks[:5], 1)),
             k2=unflatten(jnp.tensordot(jnp.asarray(_H[1], ks.dtype), ks[:5], 1)),
         )
-        return y1, unflatten(y_error), dense_info, None, diffrax.RESULTS.successful
+        return y1, unflatten(y_error), dense_info, None, result

@@ -14,6 +14,7 @@ from jaxtyping import Array
 
 from .._flow import FlowArgs, SteepestFlow
 from .._models import AbstractReparam
+from .._problems import AbstractFactoredLoss
 from .linear import BlockLowRankOperator
 
 
@@ -42,15 +43,19 @@ def unrows(layout: Array, like):
     return jax.tree.unflatten(treedef, out)
 
 
-def supports_structured(args, y) -> bool:
-    """Whether `Rodas4` can use the block-plus-low-rank Jacobian for this solve: a
-    `SteepestFlow` on a separable toolkit model, under a loss with ``hessian_factor``."""
+def structured_capable(flow, params, loss) -> bool:
+    """Whether a solve has the structure of `structured_jacobian`: a `SteepestFlow` on a
+    separable toolkit model (`AbstractReparam`) under an `AbstractFactoredLoss`."""
     return (
-        isinstance(args, FlowArgs)
-        and isinstance(args.flow, SteepestFlow)
-        and isinstance(y, AbstractReparam)
-        and hasattr(args.loss, "hessian_factor")
+        isinstance(flow, SteepestFlow)
+        and isinstance(params, AbstractReparam)
+        and isinstance(loss, AbstractFactoredLoss)
     )
+
+
+def supports_structured(args, y) -> bool:
+    """`structured_capable` for the ``args`` (`FlowArgs`) and state ``y`` of a diffrax step."""
+    return isinstance(args, FlowArgs) and structured_capable(args.flow, y, args.loss)
 
 
 def velocity_and_jacobian(flow: SteepestFlow, model: AbstractReparam, loss, t):

@@ -73,6 +73,7 @@ def run(config: DemoConfig = DemoConfig()) -> xr.Dataset:
             "x_final": (("q", "coordinate"), np.stack([np.asarray(s.x[-1]) for s in curves])),
             "num_steps": ("q", np.array([int(s.num_steps) for s in curves])),
             "regression_ok": ("q", np.array([bool(s.ok) for s in curves])),
+            "solver": ("q", np.array([s.solver for s in curves])),
             "eps": ("q", np.array([float(s.eps) for s in curves])),
             "x_true": ("coordinate", np.asarray(problem.truth)),
         },
@@ -123,8 +124,8 @@ def plot(ds: xr.Dataset):
 
 def summary(ds: xr.Dataset) -> str:
     """A short text summary: fitted escape exponents and final losses."""
-    header = ("q", "escape slope", "predicted", "final loss", "steps")
-    lines = ["{:>5} {:>13} {:>20} {:>11} {:>7}".format(*header)]
+    header = ("q", "escape slope", "predicted", "final loss", "steps", "solver (auto)")
+    lines = ["{:>5} {:>13} {:>20} {:>11} {:>7}  {}".format(*header)]
     log_alpha = np.log(ds.alpha.values)
     for q in ds.q.values:
         slope = np.polyfit(log_alpha, np.log(ds.escape_time.sel(q=q).values), 1)[0]
@@ -132,5 +133,8 @@ def summary(ds: xr.Dataset) -> str:
         predicted = "~log(1/alpha)" if regime == "log" else f"{regime} ({exponent:g})"
         final = ds.loss.sel(q=q).values[-1]
         steps = int(ds.num_steps.sel(q=q))
-        lines.append(f"{q:>5g} {slope:>13.3f} {predicted:>20} {final:>11.3e} {steps:>7d}")
+        solver = ds.solver.sel(q=q).item()
+        lines.append(
+            f"{q:>5g} {slope:>13.3f} {predicted:>20} {final:>11.3e} {steps:>7d}  {solver}"
+        )
     return "\n".join(lines)

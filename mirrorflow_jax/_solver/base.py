@@ -1,0 +1,61 @@
+"""The interface of the toolkit's flow solvers: diffrax solvers that exploit the structure of a
+steepest flow, and say before anything is compiled whether they can take a solve."""
+
+import abc
+import dataclasses
+
+import diffrax
+from jaxtyping import PyTree
+
+from .._custom_types import Loss, Params
+
+
+class AbstractFlowSolver(diffrax.AbstractAdaptiveSolver):
+    """A diffrax solver for the flows of `solve_flow`, which reads the flow, model and loss
+    from ``args`` (`FlowArgs`) to exploit their structure.
+
+    Subclasses declare what they can solve (`unsupported`) and how their options are settled
+    from a solve (`resolve`); `solve_flow` asks both before compiling, and the automatic
+    solver choice asks `supports`. A subclass is still a diffrax solver: ``step``, ``init``,
+    ``order``, ``error_order``, ``term_structure`` and ``interpolation_cls`` as diffrax
+    defines them.
+    """
+
+    @abc.abstractmethod
+    def unsupported(self, flow, params: Params, loss: Loss) -> str | None:
+        """Why this solver cannot take the solve of ``flow`` from ``params`` under ``loss``
+        (one sentence that names what to pass instead), or None if it can. Values that are
+        traced (swept) are not judged here: the solver checks them at run time."""
+
+    @abc.abstractmethod
+    def resolve(
+        self, flow, params: Params, loss: Loss, controller: diffrax.AbstractStepSizeController
+    ) -> "AbstractFlowSolver":
+        """This solver with its options settled for the solve (e.g. tolerances taken from the
+        step-size ``controller``, choices that depend on the flow); called after `check_setup`
+        and before compiling."""
+
+    def supports(self, flow, params: Params, loss: Loss) -> bool:
+        """Whether this solver can take the solve (`unsupported` is None)."""
+        return self.unsupported(flow, params, loss) is None
+
+    def check_setup(self, flow, params: Params, loss: Loss) -> None:
+        """Raise ValueError, naming the fix, unless this solver can take the solve."""
+        reason = self.unsupported(flow, params, loss)
+        if reason is not None:
+            raise ValueError(f"`{type(self).__name__}`: {reason}")
+
+
+def controller_tolerances(controller: PyTree) -> dict[str, float]:
+    """The ``rtol`` and ``atol`` of a step-size controller, where it has concrete ones (a
+    `diffrax.PIDController`), else an empty dict."""
+    values = {name: getattr(controller, name, None) for name in ("rtol", "atol")}
+    try:
+        return {name: float(value) for name, value in values.items() if value is not None}
+    except TypeError:  # traced
+        return {}
+
+
+def replace(solver, **changes):
+    """``solver`` with fields replaced (its ``__check_init__`` runs again)."""
+    return dataclasses.replace(solver, **changes)

@@ -1,0 +1,297 @@
+"""The solver interface: `solver="auto"`'s choice for each kind of solve, the choice recorded
+in the solution and in sweeps, the stiffness check of explicit solvers, and the diffrax
+contract of the toolkit's solvers (the direction of time, failure codes, error order)."""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mirrorflow_jax as mf
+from mirrorflow_jax._solver.auto import choose_solver
+
+PID = diffrax.PIDController(rtol=1e-8, atol=1e-10)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return mf.sparse_regression(jax.random.key(0), n=10, d=20, k=2)
+
+
+def chosen(flow, params, loss):
+    return choose_solver(flow, params, loss, PID).names
+
+
+@pytest.mark.parametrize(
+    "q, eps, expected",
+    [
+        (2.0, 0.0, ("Tsit5",)),
+        (2.0, 1e-3, ("Tsit5",)),
+        (1.0, 1e-3, ("SignFlowKvaerno3",)),
+        (1.0, 1e-8, ("SignFlowKvaerno3",)),
+        (1.5, 1e-3, ("Rodas4",)),
+        (1.0, 0.0, ("Tsit5",)),
+    ],
+)
+def test_auto_choice_for_concrete_geometry(problem, q, eps, expected):
+    model = mf.SignedDeepDiagonal.scaled(0.1, depth=2, dim=20)
+    assert chosen(mf.SteepestFlow(mf.Lp(q, eps)), model, problem) == expected
+
+
+def test_auto_choice_follows_model_and_loss_structure(problem):
+    flow = mf.SteepestFlow(mf.Lp(1.0, 1e-3))
+    model = mf.DeepDiagonal.scaled(0.1, depth=2, dim=20)
+    # A plain PyTree (naive smoothing): no factor structure, small enough for dense Rodas4.
+    plain = {"w": jnp.full((20,), 0.1), "v": jnp.full((20,), 0.1)}
+
+    def product(p):  # a loss of the product, through a plain callable (no Hessian factor)
+        return problem(p["w"] * p["v"])
+
+    (solver,) = choose_solver(flow, plain, product, PID).solvers
+    assert isinstance(solver, mf.Rodas4) and solver.structure == "dense"
+    # A toolkit model under a loss without `hessian_factor`: Rodas4, dense.
+    (solver,) = choose_solver(flow, model, lambda x: problem(x), PID).solvers
+    assert isinstance(solver, mf.Rodas4) and solver.structure == "dense"
+    # A large plain PyTree: dense LU would cost (n × n) per step; the watched explicit one.
+    large = jnp.full((2000,), 0.1)
+    assert choose_solver(flow, large, lambda x: jnp.sum(x**2), PID).names == ("Tsit5",)
+    # Not a steepest flow: the explicit solver.
+    mirror = mf.MirrorFlow(mf.Lp(1.0, 1e-3), depth=2, c=1.0)
+    assert choose_solver(mirror, jnp.zeros(20), problem, PID).names == ("Tsit5",)
+
+
+def test_auto_takes_the_controllers_tolerances_and_settles_the_unknowns(problem):
+    model = mf.SignedDeepDiagonal.scaled(0.1, depth=2, dim=20)
+    controller = diffrax.PIDController(rtol=1e-6, atol=1e-9)
+    coupled = mf.SteepestFlow(mf.Lp(1.0, 1e-3), coupled_wd=0.1)
+    (solver,) = choose_solver(coupled, model, problem, controller).solvers
+    assert (solver.rtol, solver.atol, solver.unknowns) == (1e-6, 1e-9, "entry")
+    # A traced β cannot settle them: one velocity per entry takes any β.
+    unknowns = []
+
+    def record(beta):
+        flow = mf.SteepestFlow(mf.Lp(1.0, 1e-3), coupled_wd=beta)
+        unknowns.append(choose_solver(flow, model, problem, controller).solvers[0].unknowns)
+        return beta
+
+    jax.jit(record)(0.1)
+    assert unknowns == ["entry"]
+
+
+def test_traced_q_chooses_per_member_and_matches_concrete_solves(problem):
+    """Under jit with q traced, the solution names every candidate, `solver_index` says which
+    ran, and each member equals the solve with q concrete (same solver, same steps)."""
+    model = mf.SignedDeepDiagonal.scaled(0.1, depth=2, dim=20)
+
+    def solve(q):
+        return mf.solve_flow(mf.SteepestFlow(mf.Lp(q, 1e-3)), model, problem, 2.0)
+
+    traced = jax.jit(solve)
+    names = None
+    for q in (1.0, 1.5, 2.0):
+        sol, reference = traced(q), solve(q)
+        names = sol.solver.split("|")
+        assert names[int(sol.solver_index)] == reference.solver
+        assert bool(sol.ok) and bool(reference.ok)
+        np.testing.assert_allclose(sol.x[-1], reference.x[-1], rtol=0, atol=1e-9)
+    assert set(names) == {"Tsit5", "SignFlowKvaerno3", "Rodas4"}
+
+
+def test_sweep_records_the_choice(problem):
+    model = mf.SignedDeepDiagonal.scaled(0.1, depth=2, dim=20)
+
+    def run(q):
+        return mf.solve_flow(mf.SteepestFlow(mf.Lp(q, 1e-3)), model, problem, 1.0)
+
+    ds = mf.sweep(run, mf.Grid(q=[1.0, 2.0]))
+    chosen_names = [ds.attrs["solvers"][int(i)] for i in ds.solver_index.values]
+    assert chosen_names == ["SignFlowKvaerno3", "Tsit5"]
+    assert bool(ds.ok.all())
+
+
+def test_solver_argument_is_checked_before_tracing(problem):
+    model = mf.SignedDeepDiagonal.scaled(0.1, depth=2, dim=20)
+    flow = mf.SteepestFlow(mf.Lp(1.0, 1e-3))
+    with pytest.raises(ValueError, match="`solver` must be 'auto' or a diffrax solver"):
+        mf.solve_flow(flow, model, problem, 1.0, solver="tsit5")
+    with pytest.raises(ValueError, match="SignFlowKvaerno3.*geometry.q"):
+        mf.solve_flow(
+            mf.SteepestFlow(mf.Lp(2.0)), model, problem, 1.0, solver=mf.SignFlowKvaerno3()
+        )
+
+
+def test_explicit_solver_in_a_stiff_regime_is_reported_not_ok():
+    """Tsit5 on the naive smoothed sign flow (ε = 1e-3) of a deep diagonal model: its steps
+    are held by stability in the smoothing layer near the minimum. Before the check such
+    solves reported `ok` while ending far from the truth (4e-2 on a 40×100 problem); now the
+    stiffness check ends them with `stiff`, and the default choice solves them."""
+    problem = mf.sparse_regression(jax.random.key(0), n=20, d=40, k=3)
+    model = mf.DeepDiagonal.scaled(0.01, depth=3, dim=40)
+    flow = mf.SteepestFlow(mf.Lp(1.0, 1e-3), smoothing_at="naive")
+    explicit = mf.solve_flow(flow, model, problem, 50.0, solver=diffrax.Tsit5())
+    assert explicit.result == mf.RESULTS.stiff and not bool(explicit.ok)
+    assert int(explicit.num_steps) < 5_000  # ended early, not at max_steps
+    default = mf.solve_flow(flow, model, problem, 50.0)
+    assert default.solver == "SignFlowKvaerno3" and bool(default.ok)
+    # Gradient flow on the same problem is not stiff for Tsit5: not flagged.
+    gf = mf.solve_flow(mf.SteepestFlow(mf.Lp(2.0)), model, problem, 50.0, solver=diffrax.Tsit5())
+    assert bool(gf.ok)
+
+
+def test_stiffness_check_fires_on_a_linear_stiff_problem():
+    """y' = −1000 (y − cos t) with Tsit5 at rtol 1e-6 (h·λ held near 3 by stability):
+    flagged by the check `solve_flow` applies to explicit solvers (here used with diffrax
+    directly); y' = −(y − cos t) is not."""
+    from mirrorflow_jax._solver.stiffness import StiffnessCheck, is_stiff
+
+    term = diffrax.ODETerm(lambda t, y, args: -1000.0 * (y - jnp.cos(t)))
+    solver = StiffnessCheck(diffrax.Tsit5())
+    loose = diffrax.PIDController(rtol=1e-6, atol=1e-9)  # stability-bound, not accuracy-bound
+    sol = diffrax.diffeqsolve(
+        term,
+        solver,
+        0.0,
+        10.0,
+        None,
+        jnp.array([0.0]),
+        stepsize_controller=loose,
+        saveat=diffrax.SaveAt(t1=True, solver_state=True),
+        throw=False,
+    )
+    assert bool(is_stiff(solver, sol.solver_state))
+    mild = diffrax.ODETerm(lambda t, y, args: -(y - jnp.cos(t)))
+    sol = diffrax.diffeqsolve(
+        mild,
+        solver,
+        0.0,
+        10.0,
+        None,
+        jnp.array([0.0]),
+        stepsize_controller=loose,
+        saveat=diffrax.SaveAt(t1=True, solver_state=True),
+    )
+    assert not bool(is_stiff(solver, sol.solver_state))
+
+
+# ----------------------------------------------------------------------------- Rodas4's contract
+
+
+def test_rodas4_integrates_backwards_in_time():
+    """t1 < t0: diffrax flips time and puts the sign in the control, which Rodas4 must follow
+    (it used to integrate y' = +f there). Compared with Kvaerno5 and the closed forms."""
+    controller = diffrax.PIDController(rtol=1e-8, atol=1e-8)
+    for field, exact in [
+        (lambda t, y, a: -y, np.e),
+        (lambda t, y, a: -t * y, np.exp(2.0)),  # t-dependent: ∂f/∂t in the stages
+    ]:
+        t0 = 1.0 if exact == np.e else 2.0
+        ends = [
+            diffrax.diffeqsolve(
+                diffrax.ODETerm(field),
+                solver,
+                t0,
+                0.0,
+                None,
+                jnp.array([1.0]),
+                stepsize_controller=controller,
+            ).ys[-1, 0]
+            for solver in (mf.Rodas4(), diffrax.Kvaerno5())
+        ]
+        np.testing.assert_allclose(ends, exact, rtol=1e-6)
+
+
+def test_rodas4_structured_backwards_returns_to_the_start(problem):
+    """The structured path (a SteepestFlow on a toolkit model, time-dependent decay) solved
+    forward to t = 1 and back to 0 returns to the initial factors."""
+    model = mf.SignedDeepDiagonal.scaled(0.3, depth=2, dim=20)
+    flow = mf.SteepestFlow(mf.Lp(1.5, 1e-2), decoupled_wd=lambda t: 0.1 * (1 + t))
+    args = mf.FlowArgs(flow, problem, problem(model()))
+    term = diffrax.ODETerm(lambda t, y, a: a.flow(t, y, a.loss))
+    controller = diffrax.PIDController(rtol=1e-10, atol=1e-12)
+    solver = mf.Rodas4(structure="structured")
+
+    def solve(y0, t0, t1):
+        sol = diffrax.diffeqsolve(
+            term, solver, t0, t1, None, y0, args=args, stepsize_controller=controller
+        )
+        return jax.tree.map(lambda leaf: leaf[-1], sol.ys)
+
+    forward = solve(model, 0.0, 1.0)
+    back = solve(forward, 1.0, 0.0)
+    assert float(jnp.max(jnp.abs(forward() - model()))) > 1e-2  # it moved
+    np.testing.assert_allclose(back(), model(), rtol=0, atol=1e-7)
+
+
+def test_rodas4_backsolve_adjoint_matches_checkpointing():
+    """BacksolveAdjoint integrates the adjoint backwards in time through the solver: its
+    gradient must equal RecursiveCheckpointAdjoint's (and d y(1)/dk = −e^(−k) at k = 1)."""
+    controller = diffrax.PIDController(rtol=1e-10, atol=1e-10)
+
+    def end(k, adjoint):
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(lambda t, y, k: -k * y),
+            mf.Rodas4(),
+            0.0,
+            1.0,
+            None,
+            jnp.array([1.0]),
+            args=k,
+            stepsize_controller=controller,
+            adjoint=adjoint,
+        )
+        return sol.ys[-1, 0]
+
+    backsolve = jax.grad(end)(1.0, diffrax.BacksolveAdjoint())
+    checkpoint = jax.grad(end)(1.0, diffrax.RecursiveCheckpointAdjoint())
+    np.testing.assert_allclose([backsolve, checkpoint], -np.exp(-1.0), rtol=1e-6)
+
+
+def test_failed_steps_end_a_constant_step_solve():
+    """A field that turns NaN at t = 0.5: under a constant step the solve must end with a
+    failure code, not freeze at the last finite state and report success."""
+    field = diffrax.ODETerm(lambda t, y, a: jnp.where(t < 0.5, -y, jnp.nan))
+    sol = diffrax.diffeqsolve(
+        field,
+        mf.Rodas4(),
+        0.0,
+        1.0,
+        0.01,
+        jnp.array([1.0]),
+        stepsize_controller=diffrax.ConstantStepSize(),
+        throw=False,
+    )
+    assert sol.result == diffrax.RESULTS.nonfinite
+
+
+def test_sign_flow_solver_fails_loudly_under_a_too_large_constant_step(problem):
+    """SignFlowKvaerno3 with a constant step its Newton iteration cannot take: a failure
+    code (the step used to be kept as y1 = y0 and reported successful)."""
+    model = mf.SignedDeepDiagonal.scaled(0.1, depth=2, dim=20)
+    flow = mf.SteepestFlow(mf.Lp(1.0, 1e-6))
+    sol = mf.solve_flow(
+        flow,
+        model,
+        problem,
+        10.0,
+        dt0=5.0,
+        solver=mf.SignFlowKvaerno3(max_newton=1),
+        stepsize_controller=diffrax.ConstantStepSize(),
+    )
+    assert not bool(sol.ok)
+    assert sol.result == mf.RESULTS.nonlinear_divergence
+
+
+def test_rodas4_error_estimate_has_local_order_four():
+    """The embedded estimate's size shrinks like h^4 (its `error_order`): halving h divides
+    it by about 2^4 on a smooth nonlinear field."""
+    term = diffrax.ODETerm(lambda t, y, a: -(y**2) + jnp.sin(t))
+    solver = mf.Rodas4()
+    y0 = jnp.array([1.0])
+    sizes = []
+    for h in (0.02, 0.01, 0.005):
+        _, error, _, _, _ = solver.step(term, 0.0, h, y0, None, None, False)
+        sizes.append(float(jnp.abs(error[0])))
+    ratios = np.array(sizes[:-1]) / np.array(sizes[1:])
+    assert solver.error_order(term) == 4
+    np.testing.assert_allclose(np.log2(ratios), 4.0, atol=0.25)  # 3 would be order 3
