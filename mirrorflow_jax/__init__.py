@@ -37,10 +37,6 @@ if typing.TYPE_CHECKING:
         HessianSpectrum as HessianSpectrum,
         hessian_eigenvalues as hessian_eigenvalues,
     )
-    from ._solver.linear import (
-        BlockLowRankOperator as BlockLowRankOperator,
-        WoodburySolver as WoodburySolver,
-    )
     from ._margins import (
         MaxMargin as MaxMargin,
         max_margin as max_margin,
@@ -71,14 +67,10 @@ if typing.TYPE_CHECKING:
         sparse_regression as sparse_regression,
     )
     from ._results import load_dataset as load_dataset, save_dataset as save_dataset
-    from ._solver.exact_kvaerno3 import PowerFlowKvaerno3 as PowerFlowKvaerno3
-    from ._solver.rodas4 import Rodas4 as Rodas4, Rodas4Interpolation as Rodas4Interpolation
-    from ._solver.rows import structured_jacobian as structured_jacobian
     from ._sensitivity import (
         eps_sensitivity as eps_sensitivity,
         layer_transitions as layer_transitions,
     )
-    from ._solver.sign_kvaerno3 import SignFlowKvaerno3 as SignFlowKvaerno3
     from ._solve import (
         AbstractEscape as AbstractEscape,
         EventNewton as EventNewton,
@@ -87,6 +79,14 @@ if typing.TYPE_CHECKING:
         NormAbove as NormAbove,
         solve_flow as solve_flow,
     )
+    from ._solver.exact_kvaerno3 import PowerFlowKvaerno3 as PowerFlowKvaerno3
+    from ._solver.linear import (
+        BlockLowRankOperator as BlockLowRankOperator,
+        WoodburySolver as WoodburySolver,
+    )
+    from ._solver.rodas4 import Rodas4 as Rodas4, Rodas4Interpolation as Rodas4Interpolation
+    from ._solver.rows import structured_jacobian as structured_jacobian
+    from ._solver.sign_kvaerno3 import SignFlowKvaerno3 as SignFlowKvaerno3
     from ._sweep import Grid as Grid, sweep as sweep
     from ._theory import (
         coupled_penalty as coupled_penalty,

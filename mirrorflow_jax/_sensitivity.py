@@ -32,8 +32,9 @@ def eps_sensitivity(
     compiled ``lax.map`` over ε). Unless ``solver=`` is given, one solver serves every ε:
     ``solver="auto"``'s choice for the smallest ε, the stiffest (`SignFlowKvaerno3` for the
     sign flow where it applies: its cost stays bounded as ε → 0, and it passes factors that
-    collapse to 0, where `Rodas4` chatters or stalls; `Rodas4` for other q < 2). Its Newton test takes the tolerances of a ``stepsize_controller``
-    with ``rtol`` and ``atol`` (default `solve_flow`'s). The choice is reported in the
+    collapse to 0, where `Rodas4` chatters or stalls; `Rodas4` for other q < 2). Its Newton
+    test takes the tolerances of the ``stepsize_controller`` (default `solve_flow`'s). The
+    choice is reported in the
     ``solver`` attribute; see ``ok`` for solves that ran out of steps. Reported per
     ε: the endpoint x_ε(t1), its loss, ‖x_ε‖₁ and ‖x_ε‖₂ (the implicit-bias norms), and
     ‖x_ε − x_ε₀‖_∞ against the smallest ε₀ — the closest to the unregularized flow.
