@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 # imports below are also what type checkers and the API docs read. To export a name, add it here.
 if typing.TYPE_CHECKING:
     from ._adam_flow import AdamFlow as AdamFlow, AdamState as AdamState
+    from ._cache import enable_compilation_cache as enable_compilation_cache
     from ._checkpoints import CheckpointWarning as CheckpointWarning
     from ._discrete import (
         DiscreteEscape as DiscreteEscape,

@@ -66,6 +66,36 @@ def _exit_promptly_on_interrupt(message: str, reported, grace: float = 2.0):
     threading.Thread(target=watch, daemon=True, name="mirrorflow-interrupt").start()
 
 
+def _exit_promptly_on_interrupt(message: str, reported, grace: float = 2.0):
+    """Make Ctrl-C end the process within ``grace`` seconds with ``message`` and status 130.
+
+    Python raises KeyboardInterrupt only when the main thread runs Python again, which waits
+    for a running XLA computation or compilation (minutes, in a big chunk). The wakeup fd is
+    written by the C-level signal handler at once, so a watcher thread sees the signal and, if
+    the KeyboardInterrupt has not ended the process by then, exits it (printing ``message``
+    unless the event ``reported`` is set). Results are written atomically and checkpoints are
+    verified on resume, so nothing half-written is kept."""
+    import os
+    import signal
+
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    try:
+        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    except ValueError:  # not the main thread (an embedding program): leave signals alone
+        return
+
+    def watch():
+        while signal.SIGINT not in os.read(read, 64):
+            pass
+        time.sleep(grace)
+        if not reported.is_set():
+            os.write(2, f"\n{message}\n".encode())
+        os._exit(130)
+
+    threading.Thread(target=watch, daemon=True, name="mirrorflow-interrupt").start()
+
+
 def _output_folder(out: pathlib.Path) -> pathlib.Path:
     """``out`` created and writable, else a one-line `_UsageError` saying why not."""
     import tempfile
@@ -156,11 +186,27 @@ def _list(args) -> int:
     return 0
 
 
+def _compilation_cache(command: str) -> None:
+    """Keep compiled programs on disk (`enable_compilation_cache`), so that a rerun or a
+    resumed run does not compile again; a cache folder that cannot be made is reported and
+    the run goes on without it."""
+    if command == "list":
+        return
+    from ._cache import enable_compilation_cache
+
+    try:
+        enable_compilation_cache()
+    except ValueError as error:
+        print(f"mirrorflow {command}: warning: {error}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mirrorflow",
         description=__doc__,
-        epilog="Experiments need the experiments extra: " + EXTRA_HINT,
+        epilog="Experiments need the experiments extra: " + EXTRA_HINT + ". Compiled "
+        "programs are cached in ~/.cache/mirrorflow_jax/jax (MIRRORFLOW_CACHE_DIR sets the "
+        "folder; empty turns the cache off).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="solve real flows, print a summary, write a figure")
@@ -215,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the command itself, not a call from Python
         _exit_promptly_on_interrupt(f"mirrorflow {args.command}: {hint}", reported)
     try:
+        _compilation_cache(args.command)
         return args.handler(args)
     except _UsageError as error:
         print(f"mirrorflow {args.command}: error: {error}", file=sys.stderr)
