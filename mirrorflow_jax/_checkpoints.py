@@ -98,6 +98,8 @@ class _ChunkStore:
         attrs = ds.attrs
         if attrs.get("sweep_fingerprint") != self.fingerprint:
             raise _Foreign("holds chunks of a different sweep (grid, chunk_size or outputs)")
+        if "chunk_index" not in attrs or "checksum" not in attrs:
+            raise _Invalid("has no chunk record or checksum (written by an older version)")
         if attrs.get("chunk_index") != k:
             raise _Invalid(f"holds chunk {attrs.get('chunk_index')!s:.20}, not chunk {k}")
         try:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+import mirrorflow_jax as mf
 from mirrorflow_jax._checkpoints import CheckpointWarning, _ChunkStore
 from mirrorflow_jax._sweep import Grid, sweep
 
@@ -123,6 +124,12 @@ def test_chunk_files_round_trip_every_bit(tmp_path):
 
     shutil.copyfile(store.path(1), store.path(0))
     with pytest.warns(CheckpointWarning, match=r"holds chunk 1, not chunk 0; recomputing"):
+        assert store.load(0) is None
+    old = xr.Dataset(
+        {"leaf_0": ("member", np.zeros(2))}, attrs={"sweep_fingerprint": "fingerprint"}
+    )
+    mf.save_dataset(old, store.path(0))  # a chunk as written before files recorded their chunk
+    with pytest.warns(CheckpointWarning, match=r"has no chunk record .* older version"):
         assert store.load(0) is None
     moved = _ChunkStore(tmp_path, "fingerprint", Grid(alpha=[0.1, 0.2, 0.3, 0.5]), 2)
     other_members = r"chunk_000001.nc holds other members \(grid axis `alpha` differs\)"
