@@ -22,7 +22,7 @@ from ._checkpoints import _ChunkStore, _fingerprint
 from ._progress import Progress
 from ._results import provenance
 from ._solve import FlowSolution
-from ._validate import check_choice, check_int
+from ._validate import brief, check_choice, check_int
 
 STRATEGIES = ("auto", "vmap", "map", "batched", "grouped")
 MEMBERS = "members"  # the mesh axis that the sweep's members are sharded over
@@ -57,7 +57,7 @@ def _axis(name: str, values) -> tuple[str, np.ndarray]:
     if array.dtype.kind not in "biuf":
         raise ValueError(f"grid axis `{name}` must hold numbers; got dtype {array.dtype}.")
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-        raise ValueError(f"grid axis `{name}` must be finite; got {array.tolist()}.")
+        raise ValueError(f"grid axis `{name}` must be finite; got {brief(array)}.")
     return name, array
 
 

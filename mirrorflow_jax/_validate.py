@@ -5,9 +5,15 @@ tracers and the check is skipped (value-dependent failures inside a trace are re
 result codes instead).
 """
 
+import reprlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+_REPR = reprlib.Repr()  # bounded reprs for error messages
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 3, 6, 6, 4
+_REPR.maxstring = _REPR.maxother = 60
 
 
 def is_concrete(value) -> bool:
@@ -40,12 +46,21 @@ def check_finite(name: str, value):
 def check_int(name: str, value, lo: int):
     """Raise ValueError unless ``value`` is a Python/NumPy integer ≥ lo."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < lo:
-        raise ValueError(f"`{name}` must be an integer >= {lo}; got {value!r}.")
+        raise ValueError(f"`{name}` must be an integer >= {lo}; got {brief(value)}.")
 
 
 def check_choice(name: str, value, choices):
     if value not in choices:
-        raise ValueError(f"`{name}` must be one of {sorted(choices)}; got {value!r}.")
+        raise ValueError(f"`{name}` must be one of {sorted(choices)}; got {brief(value)}.")
+
+
+def brief(value) -> str:
+    """A repr of ``value`` bounded in length whatever its size (for error messages)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"<an integer of {value.bit_length()} bits>"
+    if isinstance(value, np.ndarray | jax.Array) and value.size > 6:
+        return f"<array of shape {value.shape}, dtype {value.dtype}>"
+    return _REPR.repr(value)
 
 
 def as_float(value):

@@ -87,6 +87,21 @@ def test_api_refuses_before_tracing(case):
         call()
 
 
+BOUNDED = {
+    "a grid axis of 10^6 NaNs": lambda: Grid(a=np.full(10**6, np.nan)),
+    "a 10^6-character strategy": lambda: sweep(lambda a: a, Grid(a=[1.0]), strategy="x" * 10**6),
+    "a 10^6-item max_steps": lambda: _solve(max_steps=list(range(10**6))),
+    "a 5000-digit max_steps": lambda: _solve(max_steps=-(10**5000)),
+}
+
+
+@pytest.mark.parametrize("case", BOUNDED)
+def test_error_messages_never_repr_unbounded_values(case):
+    with pytest.raises(ValueError) as error:
+        BOUNDED[case]()
+    assert len(str(error.value)) < 300 and "\n" not in str(error.value), str(error.value)[:500]
+
+
 # ----------------------------------------------------------------- traced values: result codes
 
 
