@@ -61,6 +61,8 @@ if typing.TYPE_CHECKING:
         effective_weights as effective_weights,
     )
     from ._problems import (
+        AbstractFactoredLoss as AbstractFactoredLoss,
+        AbstractLoss as AbstractLoss,
         LeastSquares as LeastSquares,
         LinearClassification as LinearClassification,
         ScalarToy as ScalarToy,
@@ -80,6 +82,7 @@ if typing.TYPE_CHECKING:
         NormAbove as NormAbove,
         solve_flow as solve_flow,
     )
+    from ._solver.base import AbstractFlowSolver as AbstractFlowSolver
     from ._solver.exact_kvaerno3 import PowerFlowKvaerno3 as PowerFlowKvaerno3
     from ._solver.linear import (
         BlockLowRankOperator as BlockLowRankOperator,
