@@ -11,7 +11,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from . import _guard
+from . import _guard, _resources
 from ._custom_types import Loss, Params, ScalarLike
 from ._flow import AbstractFlow, FlowArgs
 from ._geometry import Lp
@@ -239,7 +239,7 @@ def solve_flow(
     t0: ScalarLike = 0.0,
     dt0: ScalarLike | None = None,
     saveat: diffrax.SaveAt | ArrayLike | None = None,
-    solver: diffrax.AbstractSolver | None = None,
+    solver: diffrax.AbstractSolver | str = "auto",
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
     event: AbstractEscape | None = None,
     root_finder: optx.AbstractRootFinder | None = None,
@@ -268,7 +268,12 @@ def solve_flow(
     - ``saveat``: an array of save times, a ``diffrax.SaveAt``, or None for (t0, t1). Times
       that round at most 16 float spacings outside [t0, t1] count as the ends (so
       ``jnp.arange(k) * (t1 / (k - 1))`` works with a traced t1); others raise.
-    - ``solver``: any diffrax solver (default ``Tsit5``).
+    - ``solver``: ``"auto"`` (default) chooses from the flow, the model's and the loss's
+      structure and q and ε (Tsit5 for gradient flow, `SignFlowKvaerno3` for the smoothed
+      sign flow, `Rodas4` for other stiff flows, `PowerFlowKvaerno3` for exact 1 < q < 2;
+      per member where q or ε is traced); or any diffrax solver. The choice is in
+      ``FlowSolution.solver``. An explicit Runge–Kutta solver (Tsit5, Dopri5) is watched for
+      stiffness and ends with the result ``stiff`` when its steps stay held by stability.
     - ``stepsize_controller``: default ``PIDController(rtol=1e-8, atol=1e-10)``. That atol
       does not control the error of parameters near or below 1e-10: from initial scales
       α ≲ 1e-8 pass one with atol ≪ α (measured on the depth-3 toy at α = 1e-10: escape time
@@ -285,6 +290,7 @@ def solve_flow(
     """
     saveat = _as_saveat(saveat)
     check_times(t0, t1, dt0, saveat.subs.ts)
+    _resources.check_solve(saveat.subs.ts, params0)
     _check_setup(flow, params0, loss, t0, t1, saveat, max_steps)
     loss = traced_closure(loss)
     if stepsize_controller is None:

@@ -24,6 +24,8 @@ EXPECTED = {
     "resume_sweep.py": ["chunks: 4, read back: 2", "same result: True"],
     "compare_optax.py": ["sgd:", "sign descent:", "adam:", "flow q = 1.0"],
     "sign_flow_solver.py": [
+        "auto chose SignFlowKvaerno3:",
+        "steps, stiff, at t",
         "Tsit5:",
         "Rodas4:",
         "SignFlowKvaerno3:",
