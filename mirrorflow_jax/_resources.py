@@ -9,6 +9,8 @@ estimate and names the environment variable that raises the limit.
 import math
 import os
 
+import jax
+
 ELEMENTS_VARIABLE = "MIRRORFLOW_MAX_ELEMENTS"
 DEPTH_VARIABLE = "MIRRORFLOW_MAX_DEPTH"
 DEFAULT_MAX_ELEMENTS = 2**29
@@ -56,6 +58,21 @@ def check_sweep(grid_size: int, num_axes: int, member_elements: int | None = Non
     if member_elements is not None:
         detail = f"{grid_size} members × {member_elements} output numbers each"
         check_elements("the sweep's outputs", grid_size * member_elements, detail)
+
+
+def check_solve(save_ts, params) -> None:
+    """A solve's saved trajectory: (save times) × (numbers in the parameters) × 3 (the
+    parameters, the effective weights and the balance are saved at each time)."""
+    if save_ts is None:
+        return
+    state = sum(math.prod(_shape(leaf)) for leaf in jax.tree.leaves(params))
+    saves = math.prod(_shape(save_ts))
+    detail = f"{saves} save times × {state} parameters × 3"
+    check_elements("the solve's saved trajectory", 3 * saves * state, detail)
+
+
+def _shape(value) -> tuple[int, ...]:
+    return tuple(getattr(value, "shape", ()))
 
 
 _DEPTHS = ("depth", "depths", "factor_depths", "discrete_depth", "hidden_layers")

@@ -232,6 +232,15 @@ def test_a_grid_too_large_is_refused_before_anything_is_listed_or_traced(monkeyp
     )
 
 
+def test_a_saved_trajectory_too_large_is_refused_before_compiling(monkeypatch):
+    saves = jnp.linspace(0.0, 1.0, 200)  # × 6 parameters × 3 = 3600 numbers
+    monkeypatch.setenv("MIRRORFLOW_MAX_ELEMENTS", "3000")
+    with pytest.raises(ValueError, match=r"saved trajectory would hold about 3.6e\+03 numbers"):
+        _solve(saveat=saves)
+    monkeypatch.setenv("MIRRORFLOW_MAX_ELEMENTS", "3600")
+    assert bool(_solve(saveat=saves, solver=diffrax.Tsit5()).ok)
+
+
 # ----------------------------------------------------------------- CLI: exit 2, one line
 
 
