@@ -92,7 +92,7 @@ def check_traced(flow, t0, t1, dt0, saveat: diffrax.SaveAt):
     if dt0 is not None:
         dt0 = jnp.where(valid, dt0, jnp.ones_like(dt0))
     if ts is not None:
-        saveat = eqx.tree_at(lambda s: s.subs.ts, saveat, jnp.where(valid, ts, zero))
+        saveat = eqx.tree_at(lambda s: s.subs.ts, saveat, jnp.where(valid, ts, jnp.zeros_like(ts)))
     return valid, t0, t1, dt0, saveat
 
 
@@ -118,14 +118,14 @@ def _init(controller, terms, t0, t1, y0, dt0, args, func, error_order):
 def _adapt(controller, patience, t0, t1, y0, y1, args, y_error, error_order, guard_state):
     """The wrapped controller's decision, with ``nonfinite`` when the state turned
     non-finite (accepted so, or ``patience`` candidates in a row non-finite) and
-    ``dt_min_reached`` after ``patience`` steps in a row below 16 float spacings of t."""
+    ``dt_min_reached`` after ``patience`` steps in a row below 4 float spacings of t."""
     state, bad, small = guard_state
     keep, next_t0, next_t1, jump, state, result = controller.adapt_step_size(
         t0, t1, y0, y1, args, y_error, error_order, state
     )
     finite = _all_finite(y1)
     bad = jnp.where(finite, 0, bad + 1)
-    resolution = 16 * jnp.finfo(jnp.result_type(next_t0)).eps * jnp.abs(next_t0)
+    resolution = 4 * jnp.finfo(jnp.result_type(next_t0)).eps * jnp.abs(next_t0)
     small = jnp.where(next_t1 - next_t0 <= resolution, small + 1, 0)
     nonfinite = (keep & ~finite) | (bad >= patience) | ~_all_finite(y0)
     okay = diffrax.is_okay(result)
@@ -140,7 +140,7 @@ class AdaptiveGuard(diffrax.AbstractAdaptiveStepSizeController):
     with ``nonfinite`` when the accepted state is non-finite, or after ``patience``
     consecutive candidate states were (the step shrank by the controller's factor each time,
     5¹² for the default PID, and still overflowed); with ``dt_min_reached`` after
-    ``patience`` consecutive steps below 16 float spacings of t (a solution blowing up in
+    ``patience`` consecutive steps below 4 float spacings of t (a solution blowing up in
     finite time, which no step can pass).
 
     Forwards ``rtol``/``atol``/``norm``, so that implicit solvers take their tolerances from
