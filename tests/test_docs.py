@@ -22,6 +22,8 @@ EXPECTED = {
     "embed_pytree.py": ["for q = 1, 1.5, 2:", "d f(θ(2)) / d scale"],
     "sweep_devices.py": ["4 devices", "all ok: True"],
     "resume_sweep.py": ["chunks: 4, read back: 2", "same result: True"],
+    "job_array_sweep.py": ["shard 0/3: 4 members computed", "read back: 4", "same result: True"],
+    "multi_host_sweep.py": ["exit codes: [0, 0]", "both processes hold the same Dataset: True"],
     "compare_optax.py": ["sgd:", "sign descent:", "adam:", "flow q = 1.0"],
     "sign_flow_solver.py": [
         "auto chose SignFlowKvaerno3:",
