@@ -1,8 +1,8 @@
-"""Experiments: one module each, configured by one YAML file in ``configs/``.
+"""Experiments: one module each, configured by one YAML file in ``mirrorflow_jax/configs/``.
 
 Every module follows the contract in `mirrorflow_jax.experiments._base` (``Config``, ``run``,
 ``figures``, ``checks``) and uses only the public API of `mirrorflow_jax`, exactly as a user
-would. ``mirrorflow run configs/<name>.yaml`` runs one; ``mirrorflow list`` lists them.
+would. ``mirrorflow run <name>`` runs one; ``mirrorflow list`` lists them.
 
 To add an experiment, write the module and add one line to `EXPERIMENTS`.
 """

@@ -1,7 +1,8 @@
 """What every experiment module provides, and the record of one checked prediction.
 
 An experiment is a module in `mirrorflow_jax.experiments`, registered by one line in
-`mirrorflow_jax.experiments.EXPERIMENTS` and configured by one YAML file in ``configs/`` (the
+`mirrorflow_jax.experiments.EXPERIMENTS` and configured by one YAML file in the package's
+``configs/`` folder, package data named after the experiment (the
 full-size run, with a ``quick:`` block of overrides for ``--quick``). It provides
 
 - ``Config``: a frozen dataclass of typed fields with defaults (the full-size run), validated in
