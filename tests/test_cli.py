@@ -235,3 +235,17 @@ def test_help_and_import_load_neither_jax_nor_the_data_stack():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_missing_experiments_extra_is_one_line_naming_the_install():
+    code = (
+        "import sys\n"
+        "sys.modules['yaml'] = None  # as if PyYAML were not installed\n"
+        "from mirrorflow_jax.cli import main\n"
+        "sys.exit(main(['list']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "mirrorflow list: error: yaml is missing; pip install 'mirrorflow_jax[experiments]'"
+    )
