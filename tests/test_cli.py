@@ -49,6 +49,7 @@ def test_unknown_name_is_one_line_naming_the_experiments(capsys):
     assert all(name in err for name in EXPERIMENTS)
 
 
+@pytest.mark.slow
 def test_run_by_name_writes_files_readable_by_others(tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["run", "balance", "--quick", "--out", str(out), "--no-progress", *TINY]
