@@ -17,6 +17,7 @@ from ._flow import AbstractFlow, FlowArgs
 from ._geometry import Lp
 from ._loss import traced_closure
 from ._models import AbstractReparam, effective_weights
+from ._problems import AbstractLoss
 from ._solver.auto import solver_choice
 from ._solver.stiffness import StiffnessCheck, is_stiff
 from ._validate import as_float, check_int, check_params, check_times, is_concrete
@@ -221,7 +222,7 @@ def _check_setup(flow, params0, loss, t0, t1, saveat, max_steps):
         if outside or np.any(np.diff(ts) < 0):
             raise ValueError(f"`saveat` times must be non-decreasing and lie in [{t0}, {t1}].")
     flow.smoothing_for(params0)
-    dim = getattr(loss, "dim", None)
+    dim = loss.dim if isinstance(loss, AbstractLoss) else None
     x_shape = getattr(jax.eval_shape(effective_weights, params0), "shape", None)
     if dim is not None and x_shape is not None and x_shape != (dim,):
         raise ValueError(

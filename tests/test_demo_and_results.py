@@ -22,6 +22,11 @@ def test_demo_dataset(small_demo):
     assert sign.max() < 1.0
     assert gf[0] > 50 * gf[-1]
     assert ds.attrs["smoothing_at"] == "structured"
+    # The sign flow is a descent flow: its loss curve falls monotonically (to the solver's
+    # rtol 1e-6) down to the accuracy floor, with the solver "auto" chose for it.
+    loss = np.maximum(ds.loss.sel(q=1.0).values, demo.LOSS_FLOOR)
+    assert np.all(np.diff(loss) <= 1e-6 * loss[:-1])
+    assert ds.solver.sel(q=1.0).item() == "SignFlowKvaerno3"
 
 
 def test_netcdf_round_trip(small_demo, tmp_path):

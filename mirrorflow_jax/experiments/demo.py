@@ -93,6 +93,11 @@ def run(config: DemoConfig = DemoConfig()) -> xr.Dataset:
     )
 
 
+# Loss values below this are at the solves' accuracy (x to about atol = 1e-9, so f to about
+# 1e-18): the plot draws them at this floor.
+LOSS_FLOOR = 1e-18
+
+
 def predicted_curve(q: float, depth: int, alpha: np.ndarray, t_first: float) -> np.ndarray:
     """The predicted escape-time shape through the first point (docs/theory.md §5)."""
     regime, exponent = mf.escape_regime(q, depth)
@@ -113,10 +118,20 @@ def plot(ds: xr.Dataset):
         predicted = predicted_curve(float(q), int(ds.attrs["depth"]), alpha, times[0])
         left.loglog(alpha, predicted, ":", color=line.get_color())
         label = f"q = {q:g}" + (f", ε = {ds.eps.sel(q=q).item():g}" if ds.eps.sel(q=q) else "")
-        right.semilogy(ds.t.values, ds.loss.sel(q=q).values, label=label)
+        floored = np.maximum(ds.loss.sel(q=q).values, LOSS_FLOOR)
+        right.semilogy(ds.t.values, floored, label=label)
     left.set(xlabel="init scale α", ylabel="escape time (x reaches 1/2)")
     left.set_title(f"Saddle escape, depth {ds.attrs['depth']} (dotted: predicted shape)")
     left.legend()
+    right.axhline(LOSS_FLOOR, color="gray", linestyle=":", linewidth=1)
+    right.annotate(
+        "solver accuracy",
+        (0.0, LOSS_FLOOR),
+        xytext=(2, 3),
+        textcoords="offset points",
+        color="gray",
+        fontsize=8,
+    )
     right.set(xlabel="t", ylabel="loss", title="Sparse regression, signed deep diagonal")
     right.legend()
     return fig
