@@ -149,8 +149,8 @@ def test_cli_shards_then_merge(tmp_path, capsys):
 
     out = tmp_path / "balance"
     argv = ["run", "balance", "--quick", "--out", str(out), "--no-progress"]
-    sets = ["chunk_size=3", "qs=[1.5,2.0]", "n=8", "d=12", "k=2", "num_saves=11"]
-    argv += [arg for item in sets for arg in ("--set", item)]  # 4 members, 2 chunks
+    sets = ["chunk_size=1", "qs=[2.0]", "n=8", "d=12", "k=2", "num_saves=11"]
+    argv += [arg for item in sets for arg in ("--set", item)]  # 2 members (decays), 2 chunks
     assert main([*argv, "--shard", "1/2"]) == 0
     assert "mirrorflow merge" in capsys.readouterr().out
     assert not (out / "results.nc").exists()
