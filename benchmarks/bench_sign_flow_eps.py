@@ -38,9 +38,19 @@ at ε = 1e-3 and 1e-6 with step boundaries forced exactly on the times at which 
 or ``jump_ts`` (a boundary and a fresh first stage, as an event restart), against the plain
 solve.
 
+``--eps-bound`` checks that the cost stays bounded as ε → 0: `SignFlowKvaerno3` with its default
+options under `solve_flow`'s default controller (``PIDController(rtol, atol = rtol/100)``, an
+I controller; rtol 1e-8 unless ``--rtol``) at ε = 1e-3, 1e-6, 1e-10 and 1e-12, on three
+problems: the one above (``--quick`` shrinks it), a depth-2 signed model
+``SignedDeepDiagonal.scaled(0.1, depth=2, dim=20)`` on ``sparse_regression(key(0), n=10, d=20,
+k=2)`` with t1 = 10, and the same regression from a random init
+``SignedDeepDiagonal.random(key(1), depth=2, dim=20, scale=0.1)``; it prints the steps and
+the ratio of ε = 1e-10 to ε = 1e-6. ``--error-order 2`` runs it with the step-size controller
+told that the local error estimate is of order 2 instead of 3 (to compare the two).
+
 Usage: ``python benchmarks/bench_sign_flow_eps.py [--quick] [--smoothing sqrt|tanh]
-[--rtol R] [--implicit] [--solver rodas4|kvaerno3] [--rtol-sweep] [--oracle]`` (atol = R/100;
-default rtol 1e-8, ``--implicit`` 1e-4)
+[--rtol R] [--implicit] [--solver rodas4|kvaerno3] [--rtol-sweep] [--oracle] [--eps-bound
+[--error-order 2|3]]`` (atol = R/100; default rtol 1e-8, ``--implicit`` 1e-4)
 """
 
 import argparse
@@ -234,7 +244,7 @@ def reference_ratio(flow, params0, loss, t1) -> tuple[np.ndarray, np.ndarray]:
     """(times, |r| per entry) at every accepted step of a tight reference: `SignFlowKvaerno3`
     at rtol 1e-10."""
     rtol = ORACLE_REFERENCE_RTOL
-    solver = mf.SignFlowKvaerno3(rtol=rtol, atol=rtol / 100).resolved(flow, params0)
+    solver = mf.SignFlowKvaerno3(rtol=rtol, atol=rtol / 100).resolve(flow, params0, loss, None)
     ts, states, _ = solve_saved(flow, params0, loss, t1, solver, rtol)
     keep = np.isfinite(np.asarray(ts))
     states = jax.tree.map(lambda leaf: leaf[keep], states)
@@ -265,7 +275,9 @@ def oracle(problem, model, size, smoothing: str, rtol: float):
     for place in PLACES:
         for eps in SWEEP_EPSILONS:
             flow = mf.SteepestFlow(mf.Lp(1.0, eps, smoothing), smoothing_at=place)
-            solver = mf.SignFlowKvaerno3(rtol=rtol, atol=rtol / 100).resolved(flow, model)
+            solver = mf.SignFlowKvaerno3(rtol=rtol, atol=rtol / 100).resolve(
+                flow, model, problem, None
+            )
             runs = [("none", None, 0)]
             ts, ratio = reference_ratio(flow, model, problem, size.t1)
             for level in ORACLE_LEVELS:
@@ -286,6 +298,89 @@ def oracle(problem, model, size, smoothing: str, rtol: float):
                     f"| {np.abs(np.asarray(x) - plain).max():.1e} | {wall:.3f} |",
                     flush=True,
                 )
+
+
+BOUND_EPSILONS = (1e-3, 1e-6, 1e-10, 1e-12)
+BOUND_MAX_STEPS = 200_000
+
+
+class _ErrorOrder(mf.SignFlowKvaerno3):
+    """`SignFlowKvaerno3` with the order its error estimate reports to the controller set."""
+
+    order_of_error: int = eqx.field(static=True, default=3)
+
+    def error_order(self, terms):
+        return self.order_of_error
+
+
+@eqx.filter_jit
+def solve_default(flow, params0, loss, t1, solver, controller):
+    """One solve as `solve_flow` runs it by default (same controller, ``max_steps`` 200k):
+    step statistics, result, final loss."""
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(_field),
+        solver,
+        0.0,
+        t1,
+        None,
+        flow.init(params0),
+        args=mf.FlowArgs(flow, loss, loss(mf.effective_weights(params0))),
+        saveat=diffrax.SaveAt(t1=True),
+        stepsize_controller=controller,
+        max_steps=BOUND_MAX_STEPS,
+        throw=False,
+    )
+    x = mf.effective_weights(flow.params_of(jax.tree.map(lambda leaf: leaf[-1], sol.ys)))
+    return sol.stats, sol.result, loss(x)
+
+
+def eps_bound(size, smoothing: str, rtol: float, error_order: int):
+    """Steps of `SignFlowKvaerno3` (default options) as ε → 0 on three problems."""
+    regression = mf.sparse_regression(jax.random.key(0), n=10, d=20, k=2)
+    cases = {
+        f"benchmark (n={size.n}, d={size.d}, depth 3, t1={size.t1:g})": (
+            mf.sparse_regression(jax.random.key(0), n=size.n, d=size.d, k=5),
+            mf.SignedDeepDiagonal.scaled(1e-2, depth=3, dim=size.d),
+            size.t1,
+        ),
+        "depth 2, scaled(0.1), n=10, d=20, t1=10": (
+            regression,
+            mf.SignedDeepDiagonal.scaled(0.1, depth=2, dim=20),
+            10.0,
+        ),
+        "depth 2, random(key(1), scale=0.1), n=10, d=20, t1=10": (
+            regression,
+            mf.SignedDeepDiagonal.random(jax.random.key(1), depth=2, dim=20, scale=0.1),
+            10.0,
+        ),
+    }
+    controller = diffrax.PIDController(rtol=rtol, atol=rtol / 100)
+    print(
+        f"error_order {error_order}\n\n"
+        "| problem | ε | steps | accepted | rejected | wall [s] | final loss |\n"
+        "|---|---:|---:|---:|---:|---:|---:|",
+        flush=True,
+    )
+    ratios = {}
+    for name, (loss, model, t1) in cases.items():
+        steps = {}
+        for eps in BOUND_EPSILONS:
+            flow = mf.SteepestFlow(mf.Lp(1.0, eps, smoothing))
+            solver = _ErrorOrder(order_of_error=error_order).resolve(flow, model, loss, controller)
+            (stats, result, final_loss), wall = timed(
+                solve_default, flow, model, loss, t1, solver, controller
+            )
+            steps[eps] = int(stats["num_steps"])
+            print(
+                f"| {name} | {eps:g} | {steps[eps]}{status(result)} "
+                f"| {int(stats['num_accepted_steps'])} | {int(stats['num_rejected_steps'])} "
+                f"| {wall:.2f} | {float(final_loss):.2g} |",
+                flush=True,
+            )
+        ratios[name] = steps[1e-10] / steps[1e-6]
+    print("\nsteps at ε = 1e-10 / steps at ε = 1e-6 (each problem's first wall time compiles):")
+    for name, ratio in ratios.items():
+        print(f"  {name}: {ratio:.2f}")
 
 
 def main():
@@ -312,6 +407,18 @@ def main():
         action="store_true",
         help="SignFlowKvaerno3 at eps 1e-3, 1e-6 with step boundaries at the exact transitions",
     )
+    parser.add_argument(
+        "--eps-bound",
+        action="store_true",
+        help="SignFlowKvaerno3 (default options) at eps 1e-3 ... 1e-12 on three problems",
+    )
+    parser.add_argument(
+        "--error-order",
+        type=int,
+        choices=(2, 3),
+        default=3,
+        help="with --eps-bound: the error estimate's order told to the controller",
+    )
     options = parser.parse_args()
     rtol = options.rtol or (1e-4 if options.implicit else 1e-8)
     if not 0 < rtol < 1:
@@ -328,6 +435,10 @@ def main():
     )
     print("\n".join(header), end="\n\n")
     start = time.perf_counter()
+    if options.eps_bound:
+        eps_bound(size, options.smoothing, rtol, options.error_order)
+        print(f"\ntotal {time.perf_counter() - start:.0f} s; {load()}")
+        return
     if options.oracle:
         oracle(problem, model, size, options.smoothing, rtol)
         print(f"\ntotal {time.perf_counter() - start:.0f} s; {load()}")
