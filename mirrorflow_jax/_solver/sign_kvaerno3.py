@@ -33,7 +33,9 @@ import numpy as np
 
 from .._flow import FlowArgs, SteepestFlow
 from .._models import AbstractReparam
+from .._problems import AbstractFactoredLoss
 from .._validate import check_choice, check_int, check_range, is_concrete
+from .base import AbstractFlowSolver, controller_tolerances
 from .linear import BlockLowRankOperator, woodbury_solve
 from .rows import linearized_rows, rows as _rows, unrows as _unrows
 from .sliding import entry_stage, stage_signs
@@ -53,26 +55,24 @@ _B_ERROR = np.asarray(_TABLEAU.b_error)
 _UNBOUNDED = 1e30
 # A gradient entry below this many rounding spacings of |∇²f|·|x| restarts no resting part.
 _NOISE = 100.0
+# The tolerances of the Newton test where neither the solver nor the controller gives any.
+_RTOL, _ATOL = 1e-8, 1e-10
 
 
-def _check_setup(flow, params, loss, unknowns="auto") -> None:
-    """ValueError (with the fix) when the solve is not one `SignFlowKvaerno3` can take; the
-    values q, ε, β are checked where they are concrete (`solve_flow` checks them before it
-    compiles)."""
+def _unsupported(flow, params, loss, unknowns="auto") -> str | None:
+    """Why `SignFlowKvaerno3` cannot take the solve (naming the alternative), or None; the
+    values q, ε, β are judged where they are concrete (traced ones are checked at run
+    time)."""
     if not isinstance(flow, SteepestFlow):
-        raise ValueError(
-            "`SignFlowKvaerno3` solves a SteepestFlow through `solve_flow` (args must be "
-            "FlowArgs); use `Rodas4` for other flows."
-        )
+        return "it solves a SteepestFlow through `solve_flow`; use `Rodas4` for other flows."
     if not isinstance(params, AbstractReparam):
-        raise ValueError(
-            "`SignFlowKvaerno3` needs a separable toolkit model (AbstractReparam such as "
-            f"SignedDeepDiagonal); got params of type {type(params).__name__}. Use `Rodas4` "
-            "for other parameters."
+        return (
+            "it needs a separable toolkit model (AbstractReparam such as SignedDeepDiagonal); "
+            f"got params of type {type(params).__name__}. Use `Rodas4` for other parameters."
         )
-    if not hasattr(loss, "hessian_factor"):
-        raise ValueError(
-            "`SignFlowKvaerno3` needs a loss with `hessian_factor(x)` (LeastSquares, "
+    if not isinstance(loss, AbstractFactoredLoss):
+        return (
+            "it needs an AbstractFactoredLoss, with `hessian_factor(x)` (LeastSquares, "
             "LinearClassification, ScalarToy); use `Rodas4(structure='dense')` otherwise."
         )
     geometry = flow.geometry
@@ -93,10 +93,8 @@ def _check_setup(flow, params, loss, unknowns="auto") -> None:
         )
     for name, value, ok, valid, where in checks:
         if is_concrete(value) and not ok(np.asarray(value)):
-            raise ValueError(
-                f"`SignFlowKvaerno3` needs {name} {valid}{where}; got {np.asarray(value)}. "
-                "Use `Rodas4` for other flows."
-            )
+            return f"it needs {name} {valid}{where}; got {np.asarray(value)}. Use `Rodas4` there."
+    return None
 
 
 def _per_entry(flow: SteepestFlow, params, unknowns: str) -> bool:
@@ -164,7 +162,7 @@ class _Stage(eqx.Module):
         return self.shrink * (self.base - self.step * self.sign * u)
 
 
-class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
+class SignFlowKvaerno3(AbstractFlowSolver):
     r"""Kvaerno's ESDIRK method of order 3 (embedded order 2, L-stable, stiffly accurate) for
     the regularized sign flow, with each stage's equation solved by Newton's method in the
     velocity. Pass it as ``solver=`` to `solve_flow` (or `sweep` functions).
@@ -225,8 +223,9 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
     scheduled) and coupled decay with either smoothing (a swept β: see ``unknowns``).
     Anything else raises a ValueError that names `Rodas4` as the alternative.
 
-    **Fields:** ``rtol``, ``atol`` the tolerances the Newton test is relative to (match the
-    step-size controller's; defaults are `solve_flow`'s); ``newton_tol`` in (0, 1];
+    **Fields:** ``rtol``, ``atol`` the tolerances the Newton test is relative to: None (the
+    default) takes them from the step-size controller in `solve_flow` (1e-8 and 1e-10 where
+    it has none, e.g. a constant step); ``newton_tol`` in (0, 1];
     ``max_newton`` ≥ 1 iterates per stage; ``unknowns`` for the structure-preserving
     smoothing: ``"coordinate"`` (one velocity per coordinate, no coupled decay), ``"entry"``
     (one per factor entry, any β) or ``"auto"`` (per entry when β is non-zero; settled by
@@ -249,8 +248,8 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
     ```
     """
 
-    rtol: float = eqx.field(static=True, default=1e-8)
-    atol: float = eqx.field(static=True, default=1e-10)
+    rtol: float | None = eqx.field(static=True, default=None)
+    atol: float | None = eqx.field(static=True, default=None)
     newton_tol: float = eqx.field(static=True, default=0.1)
     max_newton: int = eqx.field(static=True, default=8)
     unknowns: str = eqx.field(static=True, default="auto")
@@ -259,50 +258,65 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
     interpolation_cls = diffrax.ThirdOrderHermitePolynomialInterpolation
 
     def __check_init__(self):
-        check_range("rtol", self.rtol, 0.0)
-        check_range("atol", self.atol, 0.0)
+        if self.rtol is not None:
+            check_range("rtol", self.rtol, 0.0)
+        if self.atol is not None:
+            check_range("atol", self.atol, 0.0)
         check_range("newton_tol", self.newton_tol, 0.0, 1.0, lo_open=True)
         check_int("max_newton", self.max_newton, 1)
         check_choice("unknowns", self.unknowns, UNKNOWNS)
 
-    def check_setup(self, flow, params, loss) -> None:
-        """Raise ValueError unless ``flow``, ``params`` and ``loss`` are a solve this solver
-        can take (see the class docstring) at a tolerance the parameters' precision resolves;
-        `solve_flow` calls it before compiling."""
-        _check_setup(flow, params, loss, self.unknowns)
-        self._check_precision(params)
+    def unsupported(self, flow, params, loss) -> str | None:
+        reason = _unsupported(flow, params, loss, self.unknowns)
+        return reason if reason is not None else self._precision_problem(params)
 
-    def _check_precision(self, params) -> None:
-        """ValueError if the Newton test, ``newton_tol·rtol`` relative, lies below twice the
-        resolution of the state's dtype (float32: rtol ≥ 2.4e-6 at the default
-        ``newton_tol``): the iteration could not pass it, and every step would be rejected.
-        The state's dtype is the parameters' promoted with the times' (diffrax promotes y0
-        so; float64 whenever jax_enable_x64 is on)."""
+    def _precision_problem(self, params) -> str | None:
+        """Why the tolerance is too tight for the state's dtype, or None: the Newton test,
+        ``newton_tol·rtol`` relative, must lie above twice the dtype's resolution (float32:
+        rtol ≥ 2.4e-6 at the default ``newton_tol``), or the iteration could not pass it and
+        every step would be rejected. The state's dtype is the parameters' promoted with the
+        times' (diffrax promotes y0 so; float64 whenever jax_enable_x64 is on)."""
         dtypes = [jnp.result_type(leaf) for leaf in jax.tree.leaves(params)]
         dtype = functools.reduce(jnp.promote_types, dtypes, jnp.asarray(0.0).dtype)
         lowest = 2 * float(jnp.finfo(dtype).eps) / self.newton_tol
-        if self.rtol < lowest:
-            raise ValueError(
-                f"`SignFlowKvaerno3(rtol={self.rtol:g})` is below what {dtype} resolves: its "
-                f"Newton test needs rtol >= {lowest:.2g} in {dtype} (at newton_tol "
-                f"{self.newton_tol:g}). Pass SignFlowKvaerno3(rtol=..., atol=...) and a "
-                "stepsize_controller with the same tolerances, or run in float64 "
-                '(jax.config.update("jax_enable_x64", True)).'
+        rtol = _RTOL if self.rtol is None else self.rtol
+        if rtol < lowest:
+            return (
+                f"rtol={rtol:g} is below what {dtype} resolves: its Newton test needs rtol "
+                f">= {lowest:.2g} in {dtype} (at newton_tol {self.newton_tol:g}). Pass a "
+                "stepsize_controller (or SignFlowKvaerno3(rtol=..., atol=...)) with a looser "
+                'rtol, or run in float64 (jax.config.update("jax_enable_x64", True)).'
             )
+        return None
 
-    def resolved(self, flow, params) -> "SignFlowKvaerno3":
-        """This solver with ``unknowns="auto"`` settled for ``flow`` and ``params`` where β is
-        concrete; `solve_flow` calls it before compiling (inside, β is traced)."""
-        if self.unknowns != "auto" or not is_concrete(flow.coupled_wd):
-            return self
-        per_entry = _per_entry(flow, params, "auto")
-        return dataclasses.replace(self, unknowns="entry" if per_entry else "coordinate")
+    def resolve(self, flow, params, loss, controller) -> "SignFlowKvaerno3":
+        """This solver with its tolerances taken from ``controller`` where they were left
+        None, and ``unknowns="auto"`` settled for ``flow`` and ``params`` where β is
+        concrete (inside the solve β is traced)."""
+        changes = {
+            name: value
+            for name, value in controller_tolerances(controller).items()
+            if getattr(self, name) is None
+        }
+        if self.unknowns == "auto" and is_concrete(flow.coupled_wd):
+            per_entry = _per_entry(flow, params, "auto")
+            changes["unknowns"] = "entry" if per_entry else "coordinate"
+        return dataclasses.replace(self, **changes) if changes else self
+
+    @property
+    def _rtol(self) -> float:
+        return _RTOL if self.rtol is None else self.rtol
+
+    @property
+    def _atol(self) -> float:
+        return _ATOL if self.atol is None else self.atol
 
     def order(self, terms):
         return 3
 
     def error_order(self, terms):
-        return 2
+        # The embedded estimate is of order 2, so the local error it measures is O(h³).
+        return 3
 
     def init(self, terms, t0, t1, y0, args):
         if not isinstance(args, FlowArgs):
@@ -312,7 +326,13 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             )
         self.check_setup(args.flow, y0, args.loss)
         per_entry = _per_entry(args.flow, y0, self.unknowns)
-        return _checked(self._first_stage(t0, y0, args), args.flow, per_entry)
+        state = _checked(self._first_stage(t0, y0, args), args.flow, per_entry)
+        # diffrax solves t1 < t0 as t ↦ −t with the sign in the control.
+        return eqx.error_if(
+            state,
+            terms.contr(t0, t1) < 0,
+            "SignFlowKvaerno3 integrates forward in time only (t1 > t0).",
+        )
 
     def _first_stage(self, t0, y0, args):
         """(velocity rows, u, g) at (t0, y0), evaluated afresh."""
@@ -351,7 +371,7 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             )
             operator = lx.MatrixLinearOperator(capacitance, lx.positive_semidefinite_tag)
             inner = lx.linear_solve(operator, factor.T @ (weight * rhs), lx.Cholesky()).value
-            scale = self.atol + self.rtol * jnp.max(jnp.abs(z), axis=0)
+            scale = self._atol + self._rtol * jnp.max(jnp.abs(z), axis=0)
             return g, r_u, dphi, rhs - factor @ inner, slope / scale
 
         parking = flow.smoothing_for(like) == "structured"
@@ -379,7 +399,7 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             )
             rhs = r_g - slope * jacobian.mv(sign * r_u)
             dg = woodbury_solve(scaled.shifted(-slope), rhs)
-            weight = slope * jnp.abs(sign) / (self.atol + self.rtol * jnp.abs(z))
+            weight = slope * jnp.abs(sign) / (self._atol + self._rtol * jnp.abs(z))
             return g, r_u, dphi, dg, weight
 
         linear_step = per_entry_step if per_entry else per_coordinate
@@ -570,7 +590,17 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
         # and stays): no error to estimate, and it rests there (first-same-as-last velocity 0).
         error = jnp.where(parked, 0.0, h * jnp.tensordot(b_error, fields, 1))
         last = jnp.where(parked, 0.0, fields[-1])
-        failed = ~ok | ~jnp.all(jnp.isfinite(w1))
+        nonfinite = ~jnp.all(jnp.isfinite(w1))
+        failed = ~ok | nonfinite
+        # A failed step reports it: an adaptive controller rejects the step (its error is
+        # inf) and diffrax then ignores the code; under a constant step it ends the solve.
+        result = diffrax.RESULTS.where(
+            nonfinite,
+            diffrax.RESULTS.nonfinite,
+            diffrax.RESULTS.where(
+                ok, diffrax.RESULTS.successful, diffrax.RESULTS.nonlinear_divergence
+            ),
+        )
         y1 = _unrows(jnp.where(failed, w0, w1), y0)
         y_error = _unrows(jnp.where(failed, jnp.inf, error), y0)
         dense_info = dict(
@@ -579,4 +609,4 @@ class SignFlowKvaerno3(diffrax.AbstractAdaptiveSolver):
             k0=_unrows(h * fields[0], y0),
             k1=_unrows(h * last, y0),
         )
-        return y1, y_error, dense_info, (last, u1, g1), diffrax.RESULTS.successful
+        return y1, y_error, dense_info, (last, u1, g1), result
