@@ -66,36 +66,6 @@ def _exit_promptly_on_interrupt(message: str, reported, grace: float = 2.0):
     threading.Thread(target=watch, daemon=True, name="mirrorflow-interrupt").start()
 
 
-def _exit_promptly_on_interrupt(message: str, reported, grace: float = 2.0):
-    """Make Ctrl-C end the process within ``grace`` seconds with ``message`` and status 130.
-
-    Python raises KeyboardInterrupt only when the main thread runs Python again, which waits
-    for a running XLA computation or compilation (minutes, in a big chunk). The wakeup fd is
-    written by the C-level signal handler at once, so a watcher thread sees the signal and, if
-    the KeyboardInterrupt has not ended the process by then, exits it (printing ``message``
-    unless the event ``reported`` is set). Results are written atomically and checkpoints are
-    verified on resume, so nothing half-written is kept."""
-    import os
-    import signal
-
-    read, write = os.pipe()
-    os.set_blocking(write, False)
-    try:
-        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
-    except ValueError:  # not the main thread (an embedding program): leave signals alone
-        return
-
-    def watch():
-        while signal.SIGINT not in os.read(read, 64):
-            pass
-        time.sleep(grace)
-        if not reported.is_set():
-            os.write(2, f"\n{message}\n".encode())
-        os._exit(130)
-
-    threading.Thread(target=watch, daemon=True, name="mirrorflow-interrupt").start()
-
-
 def _output_folder(out: pathlib.Path) -> pathlib.Path:
     """``out`` created and writable, else a one-line `_UsageError` saying why not."""
     import tempfile
