@@ -205,8 +205,9 @@ class SignFlowKvaerno3(AbstractFlowSolver):
     stage lands on 0 with the velocity −B/a; their error estimate is 0, the value being
     exact), where the field's own velocity is 0, and restarts a part resting at 0 once the
     gradient would make it grow again (with one velocity per coordinate: a gradient above its
-    rounding noise), with its factors equal and of one sign: the limit of the balanced init
-    α → 0, which the sign flow leaves in time O(α), and what forward Euler
+    rounding noise; decided on the stage's solved velocity, the stage being solved a second
+    time where that reverses its guess), with its factors equal and of one sign: the limit of
+    the balanced init α → 0, which the sign flow leaves in time O(α), and what forward Euler
     or sign descent do from a balanced init (equal factors stay equal). The continuation is
     a choice: the Filippov solution there is not unique, and a part slightly off balance
     crosses 0 one factor after the other instead (the solver follows that too). With coupled
