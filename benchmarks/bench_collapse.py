@@ -49,7 +49,8 @@ def run(problem, depth, alpha, beta, placement, solver):
     flow = mf.SteepestFlow(mf.Lp(1.0, EPS), coupled_wd=beta, smoothing_at=placement)
     if isinstance(solver, mf.SignFlowKvaerno3):
         # Inside the jit below β is traced: settle the unknowns (per entry for β > 0) here.
-        solver = solver.resolved(flow, model)
+        controller = diffrax.PIDController(rtol=RTOL, atol=ATOL)
+        solver = solver.resolve(flow, model, problem, controller)
 
     def solve(flow, model):
         sol = mf.solve_flow(
