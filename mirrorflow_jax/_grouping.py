@@ -103,8 +103,10 @@ def default_batch_size(chunks: list[dict[str, np.ndarray]], group_by) -> int:
 # ----------------------------------------------------------------------------- program
 
 
-def _program(traced, group_by: tuple[str, ...], mesh: Mesh, axis: str):
-    """jit(shard_map(lax.map over batches of vmap within a batch)); group axes unbatched."""
+def _program(traced, group_by: tuple[str, ...], mesh: Mesh, axis: str, batch_size: int):
+    """jit(shard_map(lax.map over batches of vmap within a batch)); group axes unbatched. A
+    batch of one member is called directly: a vmapped adaptive loop, even of one member, turns
+    the solver's internal branches into selects that evaluate both sides."""
 
     def local(consts, grouped, others):
         member_fn = jaxpr_as_fun(ClosedJaxpr(traced.jaxpr.jaxpr, consts))
@@ -114,7 +116,11 @@ def _program(traced, group_by: tuple[str, ...], mesh: Mesh, axis: str):
             return member_fn(*jax.tree.leaves(group_values | values))
 
         def batch(args):
-            return jax.vmap(member, in_axes=(None, 0))(*args)
+            group_values, values = args
+            if batch_size == 1:
+                one = member(group_values, jax.tree.map(lambda v: v[0], values))
+                return jax.tree.map(lambda leaf: leaf[None], one)
+            return jax.vmap(member, in_axes=(None, 0))(group_values, values)
 
         return jax.lax.map(batch, (grouped, others))
 
@@ -186,7 +192,7 @@ class GroupedRunner:
             start = time.perf_counter()
             replicated = NamedSharding(self.mesh, PartitionSpec())
             self.consts = _put(list(self.traced.jaxpr.consts), replicated)
-            program = _program(self.traced, self.group_by, self.mesh, self.axis)
+            program = _program(self.traced, self.group_by, self.mesh, self.axis, self.batch_size)
             self.compiled = program.trace(self.consts, grouped, others).lower().compile()
             self.compile_seconds = time.perf_counter() - start
         out = self.compiled(self.consts, grouped, others)
