@@ -83,6 +83,11 @@ class AdamFlow(AbstractFlow):
     eps: Array
     weight_decay: Array
 
+    @property
+    def geometry(self) -> None:
+        """None: Adam's ε acts inside its own moment ratio, not through an `Lp` geometry."""
+        return None
+
     def __init__(
         self,
         rate1: ScalarLike,

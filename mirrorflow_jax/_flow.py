@@ -28,7 +28,12 @@ class AbstractFlow(eqx.Module):
     ``params = flow.params_of(state)``. For `SteepestFlow` the state is the parameters
     themselves; flows with memory (e.g. a continuous-time Adam) carry extra state.
     `solve_flow` accepts any subclass.
+
+    ``geometry`` is the flow's steepest-map geometry `Lp` (q, ε), or None for a flow without
+    one (`AdamFlow`): `solve_flow` records it, and ``solver="auto"`` reads q and ε from it.
     """
+
+    geometry: eqx.AbstractVar[Lp | None]
 
     @abc.abstractmethod
     def __call__(self, t: ScalarLike, state, loss: Loss):

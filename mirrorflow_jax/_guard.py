@@ -87,13 +87,20 @@ def check_traced(flow, t0, t1, dt0, saveat: diffrax.SaveAt):
     if ts is not None and ts.size:
         inside = (ts >= t0) & (ts <= t1)  # False for NaN
         valid &= jnp.all(inside) & jnp.all(ts[1:] >= ts[:-1])
+    return (valid, *idle(valid, t0, t1, dt0, saveat))
+
+
+def idle(keep, t0, t1, dt0, saveat: diffrax.SaveAt):
+    """``(t0, t1, dt0, saveat)`` where ``keep``, else a setup that diffrax runs without
+    raising and in zero steps (t1 = t0 = 0, every save time 0, dt0 = 1)."""
     zero = jnp.zeros_like(t0)
-    t0, t1 = jnp.where(valid, t0, zero), jnp.where(valid, t1, zero)
+    t0, t1 = jnp.where(keep, t0, zero), jnp.where(keep, t1, zero)
     if dt0 is not None:
-        dt0 = jnp.where(valid, dt0, jnp.ones_like(dt0))
+        dt0 = jnp.where(keep, dt0, jnp.ones_like(dt0))
+    ts = saveat.subs.ts
     if ts is not None:
-        saveat = eqx.tree_at(lambda s: s.subs.ts, saveat, jnp.where(valid, ts, jnp.zeros_like(ts)))
-    return valid, t0, t1, dt0, saveat
+        saveat = eqx.tree_at(lambda s: s.subs.ts, saveat, jnp.where(keep, ts, jnp.zeros_like(ts)))
+    return t0, t1, dt0, saveat
 
 
 def final_result(

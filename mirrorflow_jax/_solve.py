@@ -340,12 +340,9 @@ def _solve(
     if escape is not None:
         saveat = diffrax.SaveAt(subs=[saveat.subs, diffrax.SubSaveAt(t1=True)])
         diffrax_event = diffrax.Event(_escape_cond(escape), root_finder)
-    args = FlowArgs(flow, loss, value0)
 
-    def run(solver):
+    def run(solver, flow, t0, t1, dt0, saveat):
         watch = isinstance(solver, StiffnessCheck)
-        if watch:
-            saved = eqx.tree_at(lambda s: s.solver_state, saveat, True)
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(_vector_field),
             solver,
@@ -353,8 +350,8 @@ def _solve(
             t1,
             dt0,
             flow.init(params0),
-            args=args,
-            saveat=saved if watch else saveat,
+            args=FlowArgs(flow, loss, value0),
+            saveat=eqx.tree_at(lambda s: s.solver_state, saveat, True) if watch else saveat,
             stepsize_controller=_guard.guarded(controller),
             event=diffrax_event,
             max_steps=max_steps,
@@ -370,15 +367,26 @@ def _solve(
         stiff = is_stiff(solver, sol.solver_state) if watch else jnp.asarray(False)
         return ts, ys, event_time, sol.stats["num_steps"], sol.result, stiff
 
-    geometry = getattr(flow, "geometry", None)
+    geometry = flow.geometry
     if len(choice.solvers) == 1:
         index = jnp.asarray(0)
-        ts, ys, event_time, num_steps, result, stiff = run(choice.solvers[0])
+        outputs = run(choice.solvers[0], flow, t0, t1, dt0, saveat)
     else:
-        # One branch runs per member (under lax.map; a vmapped switch runs all of them).
+        # Each member runs the solver of its (q, ε). Under lax.map only that branch runs;
+        # under vmap every branch does, so a branch is idle (zero steps, a geometry it takes)
+        # for the members it does not solve, and costs its own members' steps only.
         index = choice.index(geometry.q, geometry.eps)
-        branches = [functools.partial(run, solver) for solver in choice.solvers]
-        ts, ys, event_time, num_steps, result, stiff = jax.lax.switch(index, branches)
+
+        def branch(k):
+            taken = index == k
+            stand_in = choice.stand_in(k, flow, taken)
+            return lambda: run(
+                choice.solvers[k], stand_in, *_guard.idle(taken, t0, t1, dt0, saveat)
+            )
+
+        branches = [branch(k) for k in range(len(choice.solvers))]
+        outputs = jax.lax.switch(index, branches)
+    ts, ys, event_time, num_steps, result, stiff = outputs
     params = jax.vmap(flow.params_of)(ys)
     x = jax.vmap(effective_weights)(params)
     balance = None

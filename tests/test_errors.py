@@ -1,7 +1,6 @@
 """Bad set-ups raise ValueError naming the argument and its valid range, before compiling."""
 
 import diffrax
-import equinox as eqx
 import jax.numpy as jnp
 import pytest
 
@@ -12,8 +11,9 @@ from .helpers import small_regression
 TRACES = {"count": 0}
 
 
-class CountingLoss(eqx.Module):
-    """A loss that counts how often it is traced or run eagerly."""
+class CountingLoss(mf.AbstractLoss):
+    """A loss that counts how often it is traced or run eagerly (an `AbstractLoss`, so that
+    `solve_flow` checks its `dim` against the model's)."""
 
     problem: mf.LeastSquares
 

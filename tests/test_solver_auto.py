@@ -56,9 +56,14 @@ def test_auto_choice_follows_model_and_loss_structure(problem):
     # A large plain PyTree: dense LU would cost (n × n) per step; the watched explicit one.
     large = jnp.full((2000,), 0.1)
     assert choose_solver(flow, large, lambda x: jnp.sum(x**2), PID).names == ("Tsit5",)
-    # Not a steepest flow: the explicit solver.
+    # Other flows: by their geometry where they have one (MirrorFlow: dense Rodas4 for the
+    # stiff smoothed sign flow), else the explicit solver (AdamFlow).
     mirror = mf.MirrorFlow(mf.Lp(1.0, 1e-3), depth=2, c=1.0)
-    assert choose_solver(mirror, jnp.zeros(20), problem, PID).names == ("Tsit5",)
+    assert choose_solver(mirror, jnp.zeros(20), problem, PID).names == ("Rodas4",)
+    mirror_gf = mf.MirrorFlow(mf.Lp(2.0), depth=2, c=1.0)
+    assert choose_solver(mirror_gf, jnp.zeros(20), problem, PID).names == ("Tsit5",)
+    adam = mf.AdamFlow(10.0, 1.0)
+    assert choose_solver(adam, model, problem, PID).names == ("Tsit5",)
 
 
 def test_auto_takes_the_controllers_tolerances_and_settles_the_unknowns(problem):
@@ -96,6 +101,26 @@ def test_traced_q_chooses_per_member_and_matches_concrete_solves(problem):
         assert bool(sol.ok) and bool(reference.ok)
         np.testing.assert_allclose(sol.x[-1], reference.x[-1], rtol=0, atol=1e-9)
     assert set(names) == {"Tsit5", "SignFlowKvaerno3", "Rodas4"}
+
+
+def test_vmapped_members_each_run_their_own_solver(problem):
+    """Under vmap every branch of the switch runs: a branch must be idle for the members it
+    does not take (its checks pass, zero steps), so that each member equals its own solve."""
+    model = mf.SignedDeepDiagonal.scaled(0.1, depth=2, dim=20)
+
+    def solve(q):
+        return mf.solve_flow(mf.SteepestFlow(mf.Lp(q, 1e-3)), model, problem, 2.0)
+
+    qs = jnp.array([1.0, 1.5, 2.0])
+    batched = jax.vmap(solve)(qs)
+    for i, q in enumerate(qs):
+        reference = solve(float(q))
+        # The same solver and steps up to the rounding a batched program reorders.
+        assert abs(int(batched.num_steps[i]) - int(reference.num_steps)) <= 0.02 * int(
+            reference.num_steps
+        )
+        np.testing.assert_allclose(batched.x[i, -1], reference.x[-1], rtol=0, atol=1e-8)
+    assert bool(batched.ok.all())
 
 
 def test_sweep_records_the_choice(problem):

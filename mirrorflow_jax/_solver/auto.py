@@ -13,10 +13,15 @@ The steepest flow dθ/dt = −φ_q^ε(∇F) − α θ changes character with q a
   an `AbstractFactoredLoss`); the exact sign flow (q = 1), and exact flows it does not take:
   an explicit method (Tsit5), watched by `StiffnessCheck`.
 
+The same regions decide for other flows with a geometry (`MirrorFlow`), with the solvers
+that take them (dense `Rodas4` for the stiff ones, up to `DENSE_LIMIT` states); a flow
+without one (`AdamFlow`) gets the watched explicit method.
+
 Values that are traced (a sweep axis, a user's ``jit``) are not known: the choice is then
 made per member inside the program, by ``lax.switch`` over the candidates the concrete
 values leave open, so each member runs one solver (under ``lax.map``; a vmapped switch runs
-every branch, which `sweep`'s grouped strategy avoids by batching members of one choice).
+every branch, each idle for the members it does not take, and `sweep`'s grouped strategy
+batches members of one choice).
 """
 
 import diffrax
@@ -49,6 +54,16 @@ _REGIONS = {
 }
 
 
+# A (q, ε) inside each region: what a solver's branch is given for members it does not take.
+_STAND_INS = {
+    "gf": (2.0, 0.0),
+    "sign": (1.0, 1e-3),
+    "smoothed": (1.5, 1e-3),
+    "exact_sign": (1.0, 0.0),
+    "exact": (1.5, 0.0),
+}
+
+
 def _region(q: float, eps: float) -> str:
     return next(rule for rule, holds in _REGIONS.items() if holds(q, eps))
 
@@ -75,6 +90,20 @@ class SolverChoice(eqx.Module):
         for rule, taker in reversed(list(zip(self.rules, self.takes, strict=True))):
             index = jnp.where(_REGIONS[rule](q, eps), taker, index)
         return index
+
+    def stand_in(self, k: int, flow, taken):
+        """``flow`` for solver ``k``'s branch: as it is where ``taken``, else with a geometry
+        from a region that solver takes, so that the branch's run-time checks pass on the
+        members it does not solve (their results are discarded: under ``vmap`` every branch
+        of a switch runs)."""
+        rule = self.rules[self.takes.index(k)]
+        q, eps = (jnp.asarray(v, flow.geometry.q.dtype) for v in _STAND_INS[rule])
+        geometry = flow.geometry
+        return eqx.tree_at(
+            lambda f: (f.geometry.q, f.geometry.eps),
+            flow,
+            (jnp.where(taken, geometry.q, q), jnp.where(taken, geometry.eps, eps)),
+        )
 
     @property
     def label(self) -> str:
@@ -106,7 +135,7 @@ def watched(solver):
 def _stiff_solver(flow, params, loss, controller, sign_flow: bool):
     """The solver for a stiff member: `SignFlowKvaerno3` (sign flow, where it applies),
     structured or small dense `Rodas4`, else the explicit method."""
-    if sign_flow:
+    if sign_flow and isinstance(flow, SteepestFlow):
         # A traced coupled decay cannot choose the unknowns: one per entry takes any β.
         unknowns = "auto" if is_concrete(flow.coupled_wd) else "entry"
         sign = SignFlowKvaerno3(unknowns=unknowns).resolve(flow, params, loss, controller)
@@ -126,7 +155,7 @@ def choose_solver(flow, params, loss, controller) -> SolverChoice:
     tolerances `SignFlowKvaerno3`'s Newton test takes).
     """
     explicit = watched(diffrax.Tsit5())
-    if not isinstance(flow, SteepestFlow):
+    if flow.geometry is None:
         return _choice([("gf", explicit)])
     q, eps = flow.geometry.q, flow.geometry.eps
     # The regions the solve can fall in: its own where q and ε are concrete, else those of
@@ -140,7 +169,9 @@ def choose_solver(flow, params, loss, controller) -> SolverChoice:
         if rule in ("gf", "exact_sign"):
             pairs.append((rule, explicit))
         elif rule == "exact":
-            power = PowerFlowKvaerno3().resolve(flow, params, loss, controller)
+            power = PowerFlowKvaerno3()
+            if power.supports(flow, params, loss):
+                power = power.resolve(flow, params, loss, controller)
             pairs.append((rule, power if power.supports(flow, params, loss) else explicit))
         else:
             pairs.append((rule, _stiff_solver(flow, params, loss, controller, rule == "sign")))

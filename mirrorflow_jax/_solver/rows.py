@@ -49,6 +49,7 @@ def structured_capable(flow, params, loss) -> bool:
     return (
         isinstance(flow, SteepestFlow)
         and isinstance(params, AbstractReparam)
+        and params.separable
         and isinstance(loss, AbstractFactoredLoss)
     )
 

@@ -65,7 +65,7 @@ def _unsupported(flow, params, loss, unknowns="auto") -> str | None:
     time)."""
     if not isinstance(flow, SteepestFlow):
         return "it solves a SteepestFlow through `solve_flow`; use `Rodas4` for other flows."
-    if not isinstance(params, AbstractReparam):
+    if not isinstance(params, AbstractReparam) or not params.separable:
         return (
             "it needs a separable toolkit model (AbstractReparam such as SignedDeepDiagonal); "
             f"got params of type {type(params).__name__}. Use `Rodas4` for other parameters."
