@@ -254,8 +254,12 @@ class PowerFlowKvaerno3(AbstractFlowSolver):
             g, hessian = linearized_rows(gradient, _unrows(z, like), loss)
             psi, dpsi = _inverse_map(u, q)
             eye = jnp.eye(hessian.blocks.shape[1], dtype=u.dtype)
+            # An entry at u = 0 exactly with no curvature (a padding row, whose gradient is
+            # identically 0) would make its block singular: its ψ' counts as 1 in the matrix,
+            # where any value leaves the root alone.
+            diagonal = jnp.where(dpsi > 0, dpsi, 1.0)
             matrix = BlockLowRankOperator(
-                slope * hessian.blocks + eye[None] * dpsi.T[:, :, None],
+                slope * hessian.blocks + eye[None] * diagonal.T[:, :, None],
                 slope * hessian.left,
                 hessian.right,
                 hessian.factor,

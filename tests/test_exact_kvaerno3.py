@@ -1,0 +1,205 @@
+"""PowerFlowKvaerno3: the exact steepest flow with 1 < q < 2 against scipy's Radau at rtol 1e-12
+on the same field, with traced q under jit and vmap, with weight decay, and its refusals."""
+
+from typing import ClassVar
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+from scipy import integrate
+
+import mirrorflow_jax as mf
+from mirrorflow_jax._flow import FlowArgs
+from mirrorflow_jax._solver.auto import choose_solver
+
+from .helpers import small_regression
+
+CONTROLLER = diffrax.PIDController(rtol=1e-10, atol=1e-12)
+SOLVER = mf.PowerFlowKvaerno3()
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return small_regression(seed=2, n=5, d=10, k=2)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return mf.SignedDeepDiagonal.scaled(0.1, depth=3, dim=10)
+
+
+class _Decay(eqx.Module):
+    rate: jax.Array
+
+    def __call__(self, t):
+        return self.rate * (1 + jnp.sin(t))
+
+
+class _Rolled(mf.AbstractReparam):
+    """x = u ⊙ (v + roll(v, 1)): not separable."""
+
+    separable: ClassVar[bool] = False
+    u: jax.Array
+    v: jax.Array
+
+    def __call__(self):
+        return self.u * (self.v + jnp.roll(self.v, 1))
+
+    def balance(self, q):
+        return jnp.zeros((0, self.u.shape[0]), self.u.dtype)
+
+
+def radau(flow, model, loss, ts):
+    """scipy's Radau at rtol 1e-12, atol 1e-14 on the same field flattened with ravel_pytree
+    (finite-difference Jacobian: the field's own is unbounded where a gradient entry is 0);
+    the effective weights at ``ts``."""
+    y0, unravel = ravel_pytree(model)
+    field = jax.jit(lambda t, y: ravel_pytree(flow(t, unravel(y), loss))[0])
+    result = integrate.solve_ivp(
+        lambda t, y: np.asarray(field(t, y)),
+        (0.0, float(ts[-1])),
+        np.asarray(y0),
+        method="Radau",
+        t_eval=np.asarray(ts),
+        rtol=1e-12,
+        atol=1e-14,
+    )
+    assert result.success
+    return np.stack([np.asarray(mf.effective_weights(unravel(y))) for y in result.y.T])
+
+
+def test_traced_q_under_jit_and_vmap_matches_radau(problem, model):
+    """q = 1.25 and 1.5 (and their horizons) in one vmapped program, each within 1e-6 of
+    Radau; a q outside (1, 2) in the same batch (2.0) ends at its first step with its own
+    result code, and does not disturb the others. The horizons end before the scipy
+    reference stalls: at q = 1.25 a balanced part collapses to 0 in finite time (t ≈ 1.24),
+    at q = 1.5 the flow reaches its minimum (t ≈ 5), where every scipy method grinds."""
+
+    def solve(q, t1):
+        flow = mf.SteepestFlow(mf.Lp(q))
+        saveat = jnp.arange(5) * (t1 / 4)
+        return mf.solve_flow(
+            flow, model, problem, t1, saveat=saveat, solver=SOLVER, stepsize_controller=CONTROLLER
+        )
+
+    qs, t1s = jnp.array([1.25, 1.5, 2.0]), jnp.array([1.0, 4.5, 1.0])
+    sols = jax.jit(jax.vmap(solve))(qs, t1s)
+    assert sols.solver == "PowerFlowKvaerno3"
+    for i in range(2):
+        q, t1 = float(qs[i]), float(t1s[i])
+        assert bool(sols.ok[i])
+        reference = radau(mf.SteepestFlow(mf.Lp(q)), model, problem, np.linspace(0, t1, 5))
+        assert np.max(np.abs(np.asarray(sols.x[i]) - reference)) <= 1e-6
+        # The flow made progress: not a trivially small motion.
+        assert float(sols.loss[i, -1]) < 0.5 * float(sols.loss[i, 0])
+    assert not bool(sols.ok[2])
+    assert int(sols.num_steps[2]) == 1
+    assert bool(jax.vmap(lambda r: r == mf.RESULTS.nonlinear_divergence)(sols.result)[2])
+
+
+@pytest.mark.parametrize("decay", ["constant", "schedule and coupled"])
+def test_weight_decay_matches_radau(problem, model, decay):
+    if decay == "constant":
+        flow, t1 = mf.SteepestFlow(mf.Lp(1.5), decoupled_wd=0.05), 4.5
+    else:
+        schedule = _Decay(jnp.asarray(0.05))
+        flow, t1 = mf.SteepestFlow(mf.Lp(1.5), decoupled_wd=schedule, coupled_wd=0.01), 2.0
+    ts = jnp.linspace(0.0, t1, 5)
+    sol = mf.solve_flow(
+        flow, model, problem, t1, saveat=ts, solver=SOLVER, stepsize_controller=CONTROLLER
+    )
+    assert bool(sol.ok)
+    reference = radau(flow, model, problem, ts)
+    assert np.max(np.abs(np.asarray(sol.x) - reference)) <= 1e-6
+
+
+def test_auto_takes_exact_flows_between_sign_and_gradient(problem, model):
+    controller = diffrax.PIDController(rtol=1e-8, atol=1e-10)
+
+    def names(q, eps, params=model, loss=problem):
+        return choose_solver(mf.SteepestFlow(mf.Lp(q, eps)), params, loss, controller).names
+
+    assert names(1.5, 0.0) == ("PowerFlowKvaerno3",)
+    assert names(1.25, 0.0) == ("PowerFlowKvaerno3",)
+    # The exact sign flow stays on the watched explicit method.
+    assert names(1.0, 0.0) == ("Tsit5",)
+    # Without the structure it needs: the watched explicit method.
+    plain = {"w": jnp.full((10,), 0.1)}
+    assert names(1.5, 0.0, params=plain, loss=lambda p: problem(p["w"])) == ("Tsit5",)
+    assert names(1.5, 0.0, loss=lambda x: problem(x)) == ("Tsit5",)
+    # A traced q with ε = 0: per member, the explicit method at q = 1 and q = 2.
+    seen = []
+
+    def record(q):
+        choice = choose_solver(mf.SteepestFlow(mf.Lp(q)), model, problem, controller)
+        seen.append((choice.names, choice.rules, choice.takes))
+        return q
+
+    jax.jit(record)(1.5)
+    [(chosen, rules, takes)] = seen
+    assert dict(zip(rules, (chosen[i] for i in takes), strict=True)) == {
+        "gf": "Tsit5",
+        "exact_sign": "Tsit5",
+        "exact": "PowerFlowKvaerno3",
+    }
+    # The solver's tolerances come from the controller.
+    (solver,) = choose_solver(mf.SteepestFlow(mf.Lp(1.5)), model, problem, controller).solvers
+    assert (solver.rtol, solver.atol) == (1e-8, 1e-10)
+
+
+def test_reverse_time_is_refused(problem, model):
+    flow = mf.SteepestFlow(mf.Lp(1.5))
+    with pytest.raises(ValueError, match="t1"):
+        mf.solve_flow(flow, model, problem, -1.0, solver=SOLVER)
+    args = FlowArgs(flow, problem, problem(model()))
+
+    def field(t, y, args):
+        return args.flow(t, y, args.loss)
+
+    with pytest.raises(Exception, match="forward in time only"):
+        diffrax.diffeqsolve(
+            diffrax.ODETerm(field), SOLVER, 1.0, 0.0, -0.1, model, args=args, max_steps=100
+        )
+
+
+@pytest.mark.parametrize(
+    "setup, match",
+    [
+        ("sign", "SignFlowKvaerno3"),
+        ("smoothed", "eps = 0"),
+        ("gradient flow", r"open interval \(1, 2\)"),
+        ("plain params", "separable"),
+        ("no hessian factor", "AbstractFactoredLoss"),
+        ("non-separable model", "separable"),
+    ],
+)
+def test_bad_setup_names_the_alternative(problem, model, setup, match):
+    flow, params, loss = mf.SteepestFlow(mf.Lp(1.5)), model, problem
+    if setup == "sign":
+        flow = mf.SteepestFlow(mf.Lp(1.0, 1e-3))
+    elif setup == "smoothed":
+        flow = mf.SteepestFlow(mf.Lp(1.5, 1e-3))
+    elif setup == "gradient flow":
+        flow = mf.SteepestFlow(mf.Lp(2.0))
+    elif setup == "plain params":
+        params = {"w": jnp.full((10,), 0.1)}
+        loss = lambda p: problem(p["w"])  # noqa: E731
+    elif setup == "no hessian factor":
+        loss = lambda x: problem(x)  # noqa: E731
+    else:
+        params = _Rolled(jnp.full((10,), 0.3), jnp.full((10,), 0.2))
+    with pytest.raises(ValueError, match=match):
+        mf.solve_flow(flow, params, loss, 1.0, solver=SOLVER)
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError, match="newton_tol"):
+        mf.PowerFlowKvaerno3(newton_tol=0.0)
+    with pytest.raises(ValueError, match="max_newton"):
+        mf.PowerFlowKvaerno3(max_newton=0)
+    with pytest.raises(ValueError, match="rtol"):
+        mf.PowerFlowKvaerno3(rtol=-1.0)
