@@ -115,11 +115,14 @@ def test_vmapped_members_each_run_their_own_solver(problem):
     batched = jax.vmap(solve)(qs)
     for i, q in enumerate(qs):
         reference = solve(float(q))
-        # The same solver and steps up to the rounding a batched program reorders.
+        # The same solver and steps up to the rounding a batched program reorders (its matrix
+        # products sum in another order): the adaptive steps then differ slightly (measured
+        # 854 vs 847) and the endpoints agree to the solves' global accuracy (1.4e-6 measured
+        # at rtol 1e-8; an idle-branch leak or a wrong solver would be O(1e-2) or more).
         assert abs(int(batched.num_steps[i]) - int(reference.num_steps)) <= 0.02 * int(
             reference.num_steps
         )
-        np.testing.assert_allclose(batched.x[i, -1], reference.x[-1], rtol=0, atol=1e-8)
+        np.testing.assert_allclose(batched.x[i, -1], reference.x[-1], rtol=0, atol=1e-5)
     assert bool(batched.ok.all())
 
 
