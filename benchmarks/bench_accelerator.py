@@ -10,12 +10,13 @@ on ``sparse_regression(key(0), n=25, d=50, k=5)`` to t1 = 10, float64,
 explicit, fixed choice per member made by ``lax.cond`` on (q, ε): `Rodas4` for the stiff
 smoothed sign flow (q = 1), Tsit5 otherwise.
 
-For every strategy in ``--strategies`` (default: ``auto``, then ``grouped`` and ``vmap``, and
-``map`` on CPU) the script reports the strategy chosen, compile and run seconds, throughput
+For every strategy in ``--strategies`` (default: ``auto``, ``grouped``, and ``vmap`` on an
+accelerator or ``map`` on CPU, where plain vmap runs both solvers for every member until the
+slowest is done) the script reports the strategy chosen, compile and run seconds, throughput
 (members and solver steps per second of run), members finished, the lockstep efficiency
 (Σ steps / Σ over vmapped batches of members × the batch's most steps) and memory: on a GPU
 the device's peak bytes in use (``device.memory_stats()``), on CPU the process's peak
-resident set.
+resident set so far.
 
 Usage: ``python benchmarks/bench_accelerator.py [--size 10000] [--chunk-size C]
 [--strategies auto,grouped,vmap] [--max-steps 20000]``; on CPU run it at a reduced size
@@ -103,16 +104,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=10_000, help="members (about)")
     parser.add_argument("--chunk-size", type=int, help="members per compiled call")
-    parser.add_argument("--strategies", help="default: auto,grouped,vmap (+map on CPU)")
+    parser.add_argument("--strategies", help="default: auto,grouped,vmap (CPU: auto,grouped,map)")
     parser.add_argument("--max-steps", type=int, default=20_000)
     args = parser.parse_args()
     if args.size < 1:
         parser.error("--size must be >= 1")
     jax.config.update("jax_enable_x64", True)
     device = jax.devices()[0]
-    strategies = args.strategies or "auto,grouped,vmap" + (
-        ",map" if device.platform == "cpu" else ""
-    )
+    fallback = "map" if device.platform == "cpu" else "vmap"
+    strategies = args.strategies or f"auto,grouped,{fallback}"
     grid = make_grid(args.size)
     run = make_run(args.max_steps)
     print(f"date: {datetime.datetime.now().isoformat(timespec='seconds')}")
