@@ -97,10 +97,15 @@ def idle(keep, t0, t1, dt0, saveat: diffrax.SaveAt):
     t0, t1 = jnp.where(keep, t0, zero), jnp.where(keep, t1, zero)
     if dt0 is not None:
         dt0 = jnp.where(keep, dt0, jnp.ones_like(dt0))
-    ts = saveat.subs.ts
-    if ts is not None:
-        saveat = eqx.tree_at(lambda s: s.subs.ts, saveat, jnp.where(keep, ts, jnp.zeros_like(ts)))
-    return t0, t1, dt0, saveat
+
+    def zero_times(sub: diffrax.SubSaveAt) -> diffrax.SubSaveAt:
+        if sub.ts is None:
+            return sub
+        return eqx.tree_at(lambda s: s.ts, sub, jnp.where(keep, sub.ts, jnp.zeros_like(sub.ts)))
+
+    is_sub = lambda node: isinstance(node, diffrax.SubSaveAt)  # noqa: E731
+    subs = jax.tree.map(zero_times, saveat.subs, is_leaf=is_sub)
+    return t0, t1, dt0, eqx.tree_at(lambda s: s.subs, saveat, subs)
 
 
 def final_result(
