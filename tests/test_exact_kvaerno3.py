@@ -117,6 +117,23 @@ def test_weight_decay_matches_radau(problem, model, decay):
     assert np.max(np.abs(np.asarray(sol.x) - reference)) <= 1e-6
 
 
+def test_padded_model_moves_as_the_unpadded_one(problem):
+    """Padding rows (u = 0, no curvature: zero rows of the Newton matrix but for ψ') stay in
+    place and the real factors follow the unpadded model; `solver="auto"` picks this solver
+    for both."""
+    flow = mf.SteepestFlow(mf.Lp(1.5))
+    padded = mf.PaddedSignedDeepDiagonal.truncated(
+        mf.SignedDeepDiagonal.scaled(0.1, depth=4, dim=10), 3
+    )
+    plain = mf.SignedDeepDiagonal.scaled(0.1, depth=3, dim=10)
+    a = mf.solve_flow(flow, padded, problem, 3.0, stepsize_controller=CONTROLLER)
+    b = mf.solve_flow(flow, plain, problem, 3.0, stepsize_controller=CONTROLLER)
+    assert a.solver == b.solver == "PowerFlowKvaerno3"
+    assert bool(a.ok) and bool(b.ok)
+    assert np.max(np.abs(np.asarray(a.x) - np.asarray(b.x))) <= 1e-8
+    assert np.all(np.asarray(a.params.u[-1, 3:]) == 0.0)
+
+
 def test_reverse_mode_gradient_matches_finite_differences(problem):
     """d f(x(t1))/dα through the solve (stage roots by the implicit function theorem)
     against central differences of the same solve."""
