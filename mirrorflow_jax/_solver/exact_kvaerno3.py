@@ -122,9 +122,9 @@ class PowerFlowKvaerno3(AbstractFlowSolver):
     if it has not after ``max_newton`` iterates the step is rejected. The explicit first
     stage reuses the previous step's last stage (first same as last).
 
-    Works under ``jit`` and ``vmap`` (q may be traced) and forward- and reverse-mode
-    differentiation (the stage roots by the implicit function theorem,
-    ``jax.lax.custom_root``). Forward in time only.
+    Works under ``jit`` and ``vmap`` (q may be traced) and differentiation (the stage roots
+    by the implicit function theorem, ``jax.lax.custom_root``), with padded models (their
+    padding rows, u = 0 without curvature, stay in place). Forward in time only.
 
     Needs a `SteepestFlow` with geometry ``Lp(q, 0)``, 1 < q < 2, a separable toolkit model
     and an `AbstractFactoredLoss`, inside `solve_flow`; decoupled decay (constant or
