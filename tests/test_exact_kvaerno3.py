@@ -187,6 +187,24 @@ def test_auto_takes_exact_flows_between_sign_and_gradient(problem, model):
     assert (solver.rtol, solver.atol) == (1e-8, 1e-10)
 
 
+def test_vmapped_auto_runs_it_for_its_members_only(problem, model):
+    """Exact maps with q vmapped (the default solver): the q = 1.5 member is solved by this
+    solver and equals its own solve; the q = 2 member by Tsit5, this solver idle for it."""
+
+    def solve(q):
+        return mf.solve_flow(mf.SteepestFlow(mf.Lp(q)), model, problem, 2.0)
+
+    qs = jnp.array([1.5, 2.0])
+    batched = jax.vmap(solve)(qs)
+    names = batched.solver.split("|")
+    assert [names[int(i)] for i in batched.solver_index] == ["PowerFlowKvaerno3", "Tsit5"]
+    assert bool(batched.ok.all())
+    for i, q in enumerate([1.5, 2.0]):
+        reference = solve(q)
+        assert reference.solver == names[int(batched.solver_index[i])]
+        np.testing.assert_allclose(batched.x[i, -1], reference.x[-1], rtol=0, atol=1e-6)
+
+
 def test_reverse_time_is_refused(problem, model):
     flow = mf.SteepestFlow(mf.Lp(1.5))
     with pytest.raises(ValueError, match="t1"):
