@@ -523,10 +523,13 @@ def test_bad_setup_names_the_problem():
     with pytest.raises(ValueError, match="coupled_wd 0 with unknowns='coordinate'"):
         mf.solve_flow(coupled, model, loss, 1.0, solver=mf.SignFlowKvaerno3(unknowns="coordinate"))
     # A traced β cannot choose the unknowns: "auto" takes one velocity per coordinate and a
-    # non-zero β stops the solve at run time, naming the fix.
-    traced = jax.jit(lambda beta: solve(mf.SteepestFlow(mf.Lp(1.0, 1e-3), coupled_wd=beta)).x)
-    with pytest.raises(Exception, match="unknowns='entry'"):
-        traced(0.1)
+    # non-zero β ends that solve at its first step with a failure code (no exception, which
+    # would stop a whole sweep); β = 0 runs.
+    traced = jax.jit(lambda beta: solve(mf.SteepestFlow(mf.Lp(1.0, 1e-3), coupled_wd=beta)))
+    failed = traced(0.1)
+    assert not bool(failed.ok) and int(failed.num_steps) == 1
+    assert failed.result == mf.RESULTS.nonlinear_divergence
+    assert bool(traced(0.0).ok)
     with pytest.raises(ValueError, match="unknowns"):
         mf.SignFlowKvaerno3(unknowns="factor")
     with pytest.raises(ValueError, match="AbstractReparam"):

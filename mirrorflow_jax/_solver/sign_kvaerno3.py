@@ -101,7 +101,7 @@ def _per_entry(flow: SteepestFlow, params, unknowns: str) -> bool:
     """Whether the stages' unknowns are one velocity per factor entry rather than one per
     coordinate: always for the naive smoothing; for the structure-preserving one as
     ``unknowns`` says, "auto" meaning per entry when coupled decay β is concrete and non-zero
-    (a traced β cannot be seen here: "auto" then takes one per coordinate and `_checked`
+    (a traced β cannot be seen here: "auto" then takes one per coordinate and `_valid`
     stops a non-zero β at run time)."""
     if flow.smoothing_for(params) == "naive" or unknowns == "entry":
         return True
@@ -133,19 +133,16 @@ def _gradient(flow: SteepestFlow, model: AbstractReparam, loss, per_entry: bool)
     return jax.grad(loss)(model())
 
 
-def _checked(state, flow: SteepestFlow, per_entry: bool):
-    """``state``, with a run-time error if a traced (swept) q or ε is out of range, or a
-    traced β is non-zero where the stages take one velocity per coordinate."""
+def _valid(flow: SteepestFlow, per_entry: bool):
+    """Whether traced (swept) values lie where the solver works: q = 1, ε > 0, and β = 0
+    where the stages take one velocity per coordinate. Checked inside the program without a
+    callback (which would keep the program out of JAX's persistent cache): a step outside
+    ends the solve with a failure code."""
     geometry = flow.geometry
-    invalid = (geometry.q != 1) | ~(geometry.eps > 0)
-    message = "SignFlowKvaerno3 needs q = 1 and eps > 0"
+    valid = (geometry.q == 1) & (geometry.eps > 0)
     if not per_entry:
-        invalid = invalid | (flow.coupled_wd != 0)
-        message += (
-            "; a coupled_wd that is traced (swept, or passed through jit) and non-zero needs "
-            "SignFlowKvaerno3(unknowns='entry')"
-        )
-    return eqx.error_if(state, invalid, message)
+        valid = valid & (flow.coupled_wd == 0)
+    return valid
 
 
 class _Stage(eqx.Module):
@@ -326,14 +323,7 @@ class SignFlowKvaerno3(AbstractFlowSolver):
                 "FlowArgs); use `Rodas4` for other flows."
             )
         self.check_setup(args.flow, y0, args.loss)
-        per_entry = _per_entry(args.flow, y0, self.unknowns)
-        state = _checked(self._first_stage(t0, y0, args), args.flow, per_entry)
-        # diffrax solves t1 < t0 as t ↦ −t with the sign in the control.
-        return eqx.error_if(
-            state,
-            terms.contr(t0, t1) < 0,
-            "SignFlowKvaerno3 integrates forward in time only (t1 > t0).",
-        )
+        return self._first_stage(t0, y0, args)
 
     def _first_stage(self, t0, y0, args):
         """(velocity rows, u, g) at (t0, y0), evaluated afresh."""
@@ -592,18 +582,22 @@ class SignFlowKvaerno3(AbstractFlowSolver):
         error = jnp.where(parked, 0.0, h * jnp.tensordot(b_error, fields, 1))
         last = jnp.where(parked, 0.0, fields[-1])
         nonfinite = ~jnp.all(jnp.isfinite(w1))
-        failed = ~ok | nonfinite
+        # Traced values out of range, or time running backwards (diffrax solves t1 < t0 as
+        # t ↦ −t with the sign in the control): an accepted step (error 0) that keeps y0 and
+        # ends the solve with a failure code.
+        valid = _valid(flow, per_entry) & ~(terms.contr(t0, t1) < 0)
+        failed = ~ok | nonfinite | ~valid
         # A failed step reports it: an adaptive controller rejects the step (its error is
         # inf) and diffrax then ignores the code; under a constant step it ends the solve.
         result = diffrax.RESULTS.where(
-            nonfinite,
+            nonfinite & valid,
             diffrax.RESULTS.nonfinite,
             diffrax.RESULTS.where(
-                ok, diffrax.RESULTS.successful, diffrax.RESULTS.nonlinear_divergence
+                ok & valid, diffrax.RESULTS.successful, diffrax.RESULTS.nonlinear_divergence
             ),
         )
         y1 = _unrows(jnp.where(failed, w0, w1), y0)
-        y_error = _unrows(jnp.where(failed, jnp.inf, error), y0)
+        y_error = _unrows(jnp.where(failed & valid, jnp.inf, jnp.where(valid, error, 0.0)), y0)
         dense_info = dict(
             y0=y0,
             y1=y1,
