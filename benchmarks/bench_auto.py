@@ -26,9 +26,13 @@ import argparse
 import os
 import time
 
-import diffrax
-import jax
-import numpy as np
+# Run-time checks as NaN, not host callbacks, so that the persistent cache can keep the
+# programs (as the mirrorflow command does); read when equinox is first imported.
+os.environ.setdefault("EQX_ON_ERROR", "nan")
+
+import diffrax  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 from bench_core import BudgetExceeded, CountingField, load
 from jax.flatten_util import ravel_pytree
 from scipy.integrate import solve_ivp

@@ -33,7 +33,11 @@ def enable_compilation_cache(
     first solve; it only sets JAX's options ``jax_compilation_cache_dir`` and
     ``jax_persistent_cache_min_compile_time_secs``, which a user may set directly instead.
     The cache is keyed by the program, the JAX version and the device, so a stale entry is
-    never used; delete the folder to reclaim the space.
+    never used; delete the folder to reclaim the space. JAX does not cache a program that
+    holds a host callback, which equinox's run-time checks (``eqx.error_if``, used by diffrax
+    on save times) are by default: set the environment variable ``EQX_ON_ERROR=nan`` before
+    equinox is imported (the `mirrorflow` command does) so that they yield NaN instead, which
+    `solve_flow` reports as the result ``nonfinite``.
 
     **Arguments:** ``path`` the cache folder (default `default_cache_dir`: the environment
     variable ``MIRRORFLOW_CACHE_DIR``, else ``~/.cache/mirrorflow_jax/jax``; an empty

@@ -3,6 +3,7 @@
 import argparse
 import contextlib
 import importlib.resources
+import os
 import pathlib
 import sys
 import threading
@@ -159,9 +160,15 @@ def _list(args) -> int:
 def _compilation_cache(command: str) -> None:
     """Keep compiled programs on disk (`enable_compilation_cache`), so that a rerun or a
     resumed run does not compile again; a cache folder that cannot be made is reported and
-    the run goes on without it."""
+    the run goes on without it.
+
+    Run-time checks inside the programs (equinox's ``error_if``, which diffrax uses on save
+    times) are host callbacks, which keep a program out of JAX's cache, and a failing one
+    stops every member of a sweep; here they yield NaN instead (``EQX_ON_ERROR=nan``, unless
+    the environment sets it), which the solves report as the result ``nonfinite``."""
     if command == "list":
         return
+    os.environ.setdefault("EQX_ON_ERROR", "nan")  # read when equinox is first imported
     from ._cache import enable_compilation_cache
 
     try:
