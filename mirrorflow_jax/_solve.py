@@ -271,7 +271,7 @@ def solve_flow(
       ``jnp.arange(k) * (t1 / (k - 1))`` works with a traced t1); others raise.
     - ``solver``: ``"auto"`` (default) chooses from the flow, the model's and the loss's
       structure and q and ε (Tsit5 for gradient flow, `SignFlowKvaerno3` for the smoothed
-      sign flow, `Rodas4` for other stiff flows, `PowerFlowKvaerno3` for exact 1 < q < 2;
+      sign flow, `Rodas4` for other stiff flows, Tsit5 for the exact maps (ε = 0);
       per member where q or ε is traced); or any diffrax solver. The choice is in
       ``FlowSolution.solver``. An explicit Runge–Kutta solver (Tsit5, Dopri5) is watched for
       stiffness and ends with the result ``stiff`` when its steps stay held by stability.
