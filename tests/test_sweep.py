@@ -140,7 +140,7 @@ def _generic(a, b, seed):
         (
             Grid(a=[1.0], b=[0.0], seed=[0]),
             {"batch_size": 2},
-            r"`batch_size` .*strategy='batched' only",
+            r"`batch_size` .*strategy='batched' \(required\) or 'grouped'",
         ),
         (Grid(a=[1.0], b=[0.0], seed=[0]), {"chunk_size": 0}, r"`chunk_size` must be an integer"),
         (Grid(a=[1.0], b=[0.0], seed=[0]), {"devices": []}, r"`devices` must be a non-empty"),
