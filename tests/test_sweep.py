@@ -264,8 +264,9 @@ def test_time_is_a_variable_when_members_saved_at_different_times():
 
 
 def test_failed_member_is_marked_and_others_match_a_clean_run(runs):
-    # sign flow with ε = 1e-8 needs far more than MAX_STEPS; the other two are DEPTH2 members
-    grid = Grid.zip(alpha=[0.3, 0.4, 0.5], q=[1.5, 1.0, 2.0], eps=[1e-2, 1e-8, 1e-1])
+    # the exact sign flow (ε = 0, on the explicit solver) chatters where factors meet 0 and
+    # needs far more than MAX_STEPS; the other two are DEPTH2 members
+    grid = Grid.zip(alpha=[0.3, 0.4, 0.5], q=[1.5, 1.0, 2.0], eps=[1e-2, 0.0, 1e-1])
     ds = sweep(script.depth2_member, grid, strategy="vmap")  # lockstep with the failing member
     assert ds.ok.values.tolist() == [True, False, True]
     failed = ds.isel(alpha=1)
