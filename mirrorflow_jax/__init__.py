@@ -83,7 +83,10 @@ if typing.TYPE_CHECKING:
         solve_flow as solve_flow,
     )
     from ._solver.base import AbstractFlowSolver as AbstractFlowSolver
-    from ._solver.exact_kvaerno3 import PowerFlowKvaerno3 as PowerFlowKvaerno3
+    from ._solver.exact_kvaerno3 import (
+        PowerFlowKvaerno3 as PowerFlowKvaerno3,
+        PowerFlowKvaerno5 as PowerFlowKvaerno5,
+    )
     from ._solver.linear import (
         BlockLowRankOperator as BlockLowRankOperator,
         WoodburySolver as WoodburySolver,

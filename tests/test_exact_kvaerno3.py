@@ -232,3 +232,35 @@ def test_options_are_checked():
         mf.PowerFlowKvaerno3(max_newton=0)
     with pytest.raises(ValueError, match="rtol"):
         mf.PowerFlowKvaerno3(rtol=-1.0)
+
+
+def test_order_five_matches_radau_and_escapes_a_saddle_in_tsit5s_steps(problem, model):
+    """`PowerFlowKvaerno5`: within 1e-6 of Radau, and from the saddle init of the scalar toy
+    (smooth after its first steps) within 2× Tsit5's steps, where the order-3 solver takes
+    about 30×; the escape times agree."""
+    flow = mf.SteepestFlow(mf.Lp(1.5))
+    ts = jnp.linspace(0.0, 4.5, 5)
+    solver = mf.PowerFlowKvaerno5()
+    sol = mf.solve_flow(
+        flow, model, problem, 4.5, saveat=ts, solver=solver, stepsize_controller=CONTROLLER
+    )
+    assert bool(sol.ok)
+    assert np.max(np.abs(np.asarray(sol.x) - radau(flow, model, problem, ts))) <= 1e-6
+    saddle = mf.DeepDiagonal.saddle(1e-4, depth=4, dim=1)
+    escapes = {
+        name: mf.solve_flow(
+            mf.SteepestFlow(mf.Lp(1.25)),
+            saddle,
+            mf.ScalarToy(),
+            100.0,
+            event=mf.NormAbove(0.5),
+            solver=chosen,
+            stepsize_controller=CONTROLLER,
+        )
+        for name, chosen in [("order 5", solver), ("tsit5", diffrax.Tsit5())]
+    }
+    assert all(bool(escape.ok) for escape in escapes.values())
+    assert int(escapes["order 5"].num_steps) <= 2 * int(escapes["tsit5"].num_steps)
+    np.testing.assert_allclose(
+        escapes["order 5"].event_time, escapes["tsit5"].event_time, rtol=1e-6
+    )

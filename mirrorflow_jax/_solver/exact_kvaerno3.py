@@ -17,6 +17,7 @@ by Newton's method with the matrix diag(ψ'(u)) + s·a·∂²F/∂w², block dia
 
 import dataclasses
 import functools
+from typing import ClassVar
 
 import diffrax
 import equinox as eqx
@@ -33,15 +34,18 @@ from .base import AbstractFlowSolver, controller_tolerances
 from .linear import BlockLowRankOperator, woodbury_solve
 from .rows import linearized_rows, rows as _rows, unrows as _unrows
 
-_TABLEAU = diffrax.Kvaerno3.tableau
-_STAGES = len(_TABLEAU.c) + 1
-_GAMMA = float(_TABLEAU.a_diagonal[1])
-# Row i: the coefficients of stages 0..i−1 in stage i's base point; the diagonal is _GAMMA.
-_A_LOWER = np.zeros((_STAGES, _STAGES))
-for _i, _row in enumerate(_TABLEAU.a_lower):
-    _A_LOWER[_i + 1, : len(_row)] = _row
-_C = np.concatenate([[0.0], _TABLEAU.c])
-_B_ERROR = np.asarray(_TABLEAU.b_error)
+
+def _coefficients(tableau):
+    """(number of stages, γ, A, c, b_error) of a stiffly accurate ESDIRK tableau: row i of A
+    holds the coefficients of stages 0..i−1 in stage i's base point (the diagonal is γ)."""
+    stages = len(tableau.c) + 1
+    a_lower = np.zeros((stages, stages))
+    for i, row in enumerate(tableau.a_lower):
+        a_lower[i + 1, : len(row)] = row
+    times = np.concatenate([[0.0], tableau.c])
+    return stages, float(tableau.a_diagonal[1]), a_lower, times, np.asarray(tableau.b_error)
+
+
 # The tolerances of the Newton test where neither the solver nor the controller gives any.
 _RTOL, _ATOL = 1e-8, 1e-10
 
@@ -93,66 +97,13 @@ def _valid(geometry):
     return (geometry.q > 1) & (geometry.q < 2) & (geometry.eps == 0)
 
 
-class PowerFlowKvaerno3(AbstractFlowSolver):
-    r"""Kvaerno's ESDIRK method of order 3 (embedded order 2, L-stable, stiffly accurate) for
-    the exact steepest flow with 1 < q < 2, each stage's equation solved by Newton's method
-    in the velocity. `solve_flow`'s default ``solver="auto"`` picks it for these flows where
-    it applies; it can also be passed as ``solver=``.
+class AbstractPowerFlowESDIRK(AbstractFlowSolver):
+    """The velocity-Newton ESDIRK of `PowerFlowKvaerno3` for a stiffly accurate ESDIRK
+    tableau (class variables ``tableau`` and ``method_order``: the local error estimate is
+    of order ``method_order``)."""
 
-    The flow dw/dt = −u − α(t)·w with u_i = φ_q(∂F/∂w_i) = sign·|∂F/∂w_i|^(q−1) (the same
-    for both smoothing placements at ε = 0; F includes the coupled decay β) is continuous
-    but not Lipschitz where a gradient entry passes 0. In the velocity it is: with
-    ψ = φ_q⁻¹, ψ(u) = sign(u)|u|^(1/(q−1)) is C¹ and ψ'(0) = 0. A stage Z = s(B − a·u)
-    (a = γh, s = 1/(1 + a·α)) solves
-
-        G(u) = ψ(u) − ∂F/∂w(Z(u)) = 0,    ∂G/∂u = diag(ψ'(u)) + s·a·∂²F/∂w²,
-
-    the Hessian being block diagonal (one R×R block per coordinate, R factor entries) plus
-    the loss Hessian C Cᵀ seen through the model: d small block inverses and one r×r solve
-    per iterate (Woodbury), re-linearized at every iterate.
-
-    Each iterate's linear step Δu predicts both a velocity u + Δu and a gradient
-    ψ(u) + ψ'(u)·Δu. An entry where the iterate's ψ'(u) dominates its Hessian diagonal
-    s·a·|∂²F/∂w_i²| (a small step, or an entry the loss does not hold) takes φ_q of the
-    predicted gradient, where the stage equation is almost linear; the others take u + Δu.
-    Newton's method in u alone would overshoot from near u = 0 (where ψ' → 0) and then
-    approach the root at the rate 1 − (q − 1) per iterate. The iteration stops when the
-    estimated remaining change of every entry (the last change, times θ/(1 − θ) once a
-    contraction θ < 1 is observed) moves Z by at most ``newton_tol`` of ``atol + rtol·|Z|``;
-    if it has not after ``max_newton`` iterates the step is rejected. The explicit first
-    stage reuses the previous step's last stage (first same as last).
-
-    Works under ``jit`` and ``vmap`` (q may be traced) and differentiation (the stage roots
-    by the implicit function theorem, ``jax.lax.custom_root``), with padded models (their
-    padding rows, u = 0 without curvature, stay in place). Forward in time only.
-
-    Needs a `SteepestFlow` with geometry ``Lp(q, 0)``, 1 < q < 2, a separable toolkit model
-    and an `AbstractFactoredLoss`, inside `solve_flow`; decoupled decay (constant or
-    scheduled) and coupled decay. Anything else raises a ValueError naming the solver to use
-    instead. A q or ε that arrives traced (swept, or through ``jit``/``vmap``) and out of
-    range ends the solve at its first step with the result ``nonlinear_divergence``, its stage
-    equation having no meaning there (a result code rather than an error, so that members
-    of a vmapped ``solver="auto"`` that another solver takes pass through it harmlessly).
-
-    **Fields:** ``rtol``, ``atol`` the tolerances the Newton test is relative to: None (the
-    default) takes them from the step-size controller in `solve_flow` (1e-8 and 1e-10 where
-    it has none); ``newton_tol`` in (0, 1]; ``max_newton`` ≥ 1 iterates per stage.
-
-    **Example:**
-
-    ```python
-    import jax
-    import mirrorflow_jax as mf
-
-    jax.config.update("jax_enable_x64", True)
-    problem = mf.sparse_regression(jax.random.key(0), n=10, d=20, k=3)
-    model = mf.SignedDeepDiagonal.scaled(1e-2, depth=3, dim=20)
-    flow = mf.SteepestFlow(mf.Lp(1.5))
-    sol = mf.solve_flow(flow, model, problem, t1=20.0, solver=mf.PowerFlowKvaerno3())
-    assert bool(sol.ok)
-    ```
-    """
-
+    tableau: eqx.AbstractClassVar[diffrax.ButcherTableau]
+    method_order: eqx.AbstractClassVar[int]
     rtol: float | None = eqx.field(static=True, default=None)
     atol: float | None = eqx.field(static=True, default=None)
     newton_tol: float = eqx.field(static=True, default=0.1)
@@ -205,24 +156,25 @@ class PowerFlowKvaerno3(AbstractFlowSolver):
         return _ATOL if self.atol is None else self.atol
 
     def order(self, terms):
-        return 3
+        return self.method_order
 
     def error_order(self, terms):
-        # The embedded estimate is of order 2, so the local error it measures is O(h³).
-        return 3
+        # The embedded estimate is of order one less, so the local error it measures is
+        # O(h^method_order).
+        return self.method_order
 
     def init(self, terms, t0, t1, y0, args):
         if not isinstance(args, FlowArgs):
             raise ValueError(
-                "`PowerFlowKvaerno3` solves a SteepestFlow through `solve_flow` (args must be "
-                "FlowArgs); use diffrax.Tsit5() for other flows."
+                f"`{type(self).__name__}` solves a SteepestFlow through `solve_flow` (args must "
+                "be FlowArgs); use diffrax.Tsit5() for other flows."
             )
         self.check_setup(args.flow, y0, args.loss)
         # diffrax solves t1 < t0 as t ↦ −t with the sign in the control.
         return eqx.error_if(
             self._first_stage(t0, y0, args),
             terms.contr(t0, t1) < 0,
-            "PowerFlowKvaerno3 integrates forward in time only (t1 > t0).",
+            f"{type(self).__name__} integrates forward in time only (t1 > t0).",
         )
 
     def _first_stage(self, t0, y0, args):
@@ -306,8 +258,9 @@ class PowerFlowKvaerno3(AbstractFlowSolver):
         dim = y0().shape[0]
         w0 = _rows(y0, dim)
         dtype = w0.dtype
-        a_lower, times, b_error = (jnp.asarray(m, dtype) for m in (_A_LOWER, _C, _B_ERROR))
-        step = jnp.asarray(_GAMMA, dtype) * h
+        stages, gamma, *coefficients = _coefficients(self.tableau)
+        a_lower, times, b_error = (jnp.asarray(m, dtype) for m in coefficients)
+        step = jnp.asarray(gamma, dtype) * h
         # A (q, ε) outside the range, arriving traced: no iterates, and the step ends the
         # solve with a result code (a vmapped `lax.switch` of `solver="auto"` also runs this
         # solver for members another one takes; those are discarded).
@@ -317,7 +270,7 @@ class PowerFlowKvaerno3(AbstractFlowSolver):
         field0, u0 = jax.lax.cond(
             made_jump, lambda: self._first_stage(t0, y0, args), lambda: solver_state
         )
-        fields = jnp.zeros((_STAGES, *w0.shape), dtype).at[0].set(field0)
+        fields = jnp.zeros((stages, *w0.shape), dtype).at[0].set(field0)
 
         def stage(i, carry):
             fields, _, u, ok = carry
@@ -330,7 +283,7 @@ class PowerFlowKvaerno3(AbstractFlowSolver):
             return fields, z, u, ok & converged
 
         fields, w1, u1, ok = jax.lax.fori_loop(
-            1, _STAGES, stage, (fields, w0, u0, valid & jnp.all(jnp.isfinite(u0)))
+            1, stages, stage, (fields, w0, u0, valid & jnp.all(jnp.isfinite(u0)))
         )
         error = h * jnp.tensordot(b_error, fields, 1)
         nonfinite = ~jnp.all(jnp.isfinite(w1))
@@ -350,3 +303,97 @@ class PowerFlowKvaerno3(AbstractFlowSolver):
         last = jnp.where(failed, field0, fields[-1])
         dense_info = dict(y0=y0, y1=y1, k0=_unrows(h * field0, y0), k1=_unrows(h * last, y0))
         return y1, _unrows(error, y0), dense_info, (last, jnp.where(failed, u0, u1)), result
+
+
+class PowerFlowKvaerno3(AbstractPowerFlowESDIRK):
+    r"""Kvaerno's ESDIRK method of order 3 (embedded order 2, L-stable, stiffly accurate) for
+    the exact steepest flow with 1 < q < 2, each stage's equation solved by Newton's method
+    in the velocity. Pass it as ``solver=`` (``solver="auto"`` keeps these flows on Tsit5: from
+    a saddle init its order 3 costs more steps than Tsit5's 5 where the flow is smooth; see
+    `PowerFlowKvaerno5`).
+
+    The flow dw/dt = −u − α(t)·w with u_i = φ_q(∂F/∂w_i) = sign·|∂F/∂w_i|^(q−1) (the same
+    for both smoothing placements at ε = 0; F includes the coupled decay β) is continuous
+    but not Lipschitz where a gradient entry passes 0. In the velocity it is: with
+    ψ = φ_q⁻¹, ψ(u) = sign(u)|u|^(1/(q−1)) is C¹ and ψ'(0) = 0. A stage Z = s(B − a·u)
+    (a = γh, s = 1/(1 + a·α)) solves
+
+        G(u) = ψ(u) − ∂F/∂w(Z(u)) = 0,    ∂G/∂u = diag(ψ'(u)) + s·a·∂²F/∂w²,
+
+    the Hessian being block diagonal (one R×R block per coordinate, R factor entries) plus
+    the loss Hessian C Cᵀ seen through the model: d small block inverses and one r×r solve
+    per iterate (Woodbury), re-linearized at every iterate.
+
+    Each iterate's linear step Δu predicts both a velocity u + Δu and a gradient
+    ψ(u) + ψ'(u)·Δu. An entry where the iterate's ψ'(u) dominates its Hessian diagonal
+    s·a·|∂²F/∂w_i²| (a small step, or an entry the loss does not hold) takes φ_q of the
+    predicted gradient, where the stage equation is almost linear; the others take u + Δu.
+    Newton's method in u alone would overshoot from near u = 0 (where ψ' → 0) and then
+    approach the root at the rate 1 − (q − 1) per iterate. The iteration stops when the
+    estimated remaining change of every entry (the last change, times θ/(1 − θ) once a
+    contraction θ < 1 is observed) moves Z by at most ``newton_tol`` of ``atol + rtol·|Z|``;
+    if it has not after ``max_newton`` iterates the step is rejected. The explicit first
+    stage reuses the previous step's last stage (first same as last).
+
+    Works under ``jit`` and ``vmap`` (q may be traced) and differentiation (the stage roots
+    by the implicit function theorem, ``jax.lax.custom_root``), with padded models (their
+    padding rows, u = 0 without curvature, stay in place). Forward in time only.
+
+    Needs a `SteepestFlow` with geometry ``Lp(q, 0)``, 1 < q < 2, a separable toolkit model
+    and an `AbstractFactoredLoss`, inside `solve_flow`; decoupled decay (constant or
+    scheduled) and coupled decay. Anything else raises a ValueError naming the solver to use
+    instead. A q or ε that arrives traced (swept, or through ``jit``/``vmap``) and out of
+    range ends the solve at its first step with the result ``nonlinear_divergence``, its stage
+    equation having no meaning there (a result code rather than an error, so that members
+    of a vmapped ``solver="auto"`` that another solver takes pass through it harmlessly).
+
+    **Fields:** ``rtol``, ``atol`` the tolerances the Newton test is relative to: None (the
+    default) takes them from the step-size controller in `solve_flow` (1e-8 and 1e-10 where
+    it has none); ``newton_tol`` in (0, 1]; ``max_newton`` ≥ 1 iterates per stage.
+
+    **Example:**
+
+    ```python
+    import jax
+    import mirrorflow_jax as mf
+
+    jax.config.update("jax_enable_x64", True)
+    problem = mf.sparse_regression(jax.random.key(0), n=10, d=20, k=3)
+    model = mf.SignedDeepDiagonal.scaled(1e-2, depth=3, dim=20)
+    flow = mf.SteepestFlow(mf.Lp(1.5))
+    sol = mf.solve_flow(flow, model, problem, t1=20.0, solver=mf.PowerFlowKvaerno3())
+    assert bool(sol.ok)
+    ```
+    """
+
+    tableau: ClassVar[diffrax.ButcherTableau] = diffrax.Kvaerno3.tableau
+    method_order: ClassVar[int] = 3
+
+
+class PowerFlowKvaerno5(AbstractPowerFlowESDIRK):
+    r"""`PowerFlowKvaerno3`'s algorithm with Kvaerno's ESDIRK method of order 5 (embedded
+    order 4, L-stable, stiffly accurate; 7 stages): the same stage equations, Newton
+    iteration, checks and options, fewer steps where the flow is smooth at tight tolerances
+    (benchmarks/README.md, "bench_exact_q.py").
+
+    **Fields:** ``rtol``, ``atol`` the tolerances the Newton test is relative to: None (the
+    default) takes them from the step-size controller in `solve_flow` (1e-8 and 1e-10 where
+    it has none); ``newton_tol`` in (0, 1]; ``max_newton`` ≥ 1 iterates per stage.
+
+    **Example:**
+
+    ```python
+    import jax
+    import mirrorflow_jax as mf
+
+    jax.config.update("jax_enable_x64", True)
+    problem = mf.sparse_regression(jax.random.key(0), n=10, d=20, k=3)
+    model = mf.SignedDeepDiagonal.scaled(1e-2, depth=3, dim=20)
+    flow = mf.SteepestFlow(mf.Lp(1.5))
+    sol = mf.solve_flow(flow, model, problem, t1=20.0, solver=mf.PowerFlowKvaerno5())
+    assert bool(sol.ok)
+    ```
+    """
+
+    tableau: ClassVar[diffrax.ButcherTableau] = diffrax.Kvaerno5.tableau
+    method_order: ClassVar[int] = 5
