@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the command itself, not a call from Python
         _exit_promptly_on_interrupt(f"mirrorflow {args.command}: {hint}", reported)
     try:
-        _compilation_cache(args.command)
+        if argv is None:  # the command itself: a call from Python keeps its process's config
+            _compilation_cache(args.command)
         return args.handler(args)
     except _UsageError as error:
         print(f"mirrorflow {args.command}: error: {error}", file=sys.stderr)
