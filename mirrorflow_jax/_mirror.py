@@ -125,9 +125,14 @@ class DeepDiagonalMirror(eqx.Module):
         def solve(c_i, log_x):
             u0 = self.q * log_x / self.depth
             sol = optx.root_find(
-                residual, optx.Newton(rtol=1e-13, atol=1e-13), u0, (c_i, log_x), max_steps=200
+                residual,
+                optx.Newton(rtol=1e-13, atol=1e-13),
+                u0,
+                (c_i, log_x),
+                max_steps=200,
+                throw=False,  # NaN, not an error that would stop every member of a batch
             )
-            return sol.value
+            return jnp.where(sol.result == optx.RESULTS.successful, sol.value, jnp.nan)
 
         u = jax.vmap(solve)(c.ravel(), jnp.log(safe).ravel()).reshape(x.shape)
         return jnp.where(absx > 0, jnp.exp(u), 0.0)

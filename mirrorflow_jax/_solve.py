@@ -378,16 +378,14 @@ def _solve(
         outputs = run(choice.solvers[0], flow, t0, t1, dt0, saveat)
     else:
         # Each member runs the solver of its (q, ε). Under lax.map only that branch runs;
-        # under vmap every branch does, so a branch is idle (zero steps, a geometry it takes)
-        # for the members it does not solve, and costs its own members' steps only.
+        # under vmap every branch does, so a branch is idle (zero steps) for the members it
+        # does not solve, and costs its own members' steps only. A solver given values
+        # outside its range ends with a failure code, never an error, so idle branches are safe.
         index = choice.index(geometry.q, geometry.eps)
 
         def branch(k):
-            taken = index == k
-            stand_in = choice.stand_in(k, flow, taken)
-            return lambda: run(
-                choice.solvers[k], stand_in, *_guard.idle(taken, t0, t1, dt0, saveat)
-            )
+            idle = _guard.idle(index == k, t0, t1, dt0, saveat)
+            return lambda: run(choice.solvers[k], flow, *idle)
 
         branches = [branch(k) for k in range(len(choice.solvers))]
         outputs = jax.lax.switch(index, branches)

@@ -52,16 +52,6 @@ _REGIONS = {
 }
 
 
-# A (q, ε) inside each region: what a solver's branch is given for members it does not take.
-_STAND_INS = {
-    "gf": (2.0, 0.0),
-    "sign": (1.0, 1e-3),
-    "smoothed": (1.5, 1e-3),
-    "exact_sign": (1.0, 0.0),
-    "exact": (1.5, 0.0),
-}
-
-
 def _region(q: float, eps: float) -> str:
     return next(rule for rule, holds in _REGIONS.items() if holds(q, eps))
 
@@ -88,20 +78,6 @@ class SolverChoice(eqx.Module):
         for rule, taker in reversed(list(zip(self.rules, self.takes, strict=True))):
             index = jnp.where(_REGIONS[rule](q, eps), taker, index)
         return index
-
-    def stand_in(self, k: int, flow, taken):
-        """``flow`` for solver ``k``'s branch: as it is where ``taken``, else with a geometry
-        from a region that solver takes, so that the branch's run-time checks pass on the
-        members it does not solve (their results are discarded: under ``vmap`` every branch
-        of a switch runs)."""
-        rule = self.rules[self.takes.index(k)]
-        q, eps = (jnp.asarray(v, flow.geometry.q.dtype) for v in _STAND_INS[rule])
-        geometry = flow.geometry
-        return eqx.tree_at(
-            lambda f: (f.geometry.q, f.geometry.eps),
-            flow,
-            (jnp.where(taken, geometry.q, q), jnp.where(taken, geometry.eps, eps)),
-        )
 
     @property
     def label(self) -> str:

@@ -246,7 +246,7 @@ class AbstractPowerFlowESDIRK(AbstractFlowSolver):
 
         def tangent_solve(linear, rhs):
             operator = lx.FunctionLinearOperator(linear, jax.eval_shape(lambda: rhs))
-            return lx.linear_solve(operator, rhs, lx.LU()).value
+            return lx.linear_solve(operator, rhs, lx.LU(), throw=False).value
 
         # Derivatives of the root by the implicit function theorem, not through the iterates.
         u, converged = jax.lax.custom_root(residual, u0, solve, tangent_solve, has_aux=True)
