@@ -20,12 +20,18 @@ def _solve(alpha, q, eps, beta, decay, problem, t1=1.0):
 
 
 def test_new_hyperparameter_values_do_not_retrace():
+    """Values are arrays, not constants of the program: new ones reuse it. With
+    solver="auto" that holds within a solver's region of (q, ε) (here the exact maps, q < 2
+    and ε = 0); a concrete q or ε in another region picks another solver, so another program
+    (sweeps and traced q choose per member inside one program instead)."""
     problem = CountingLoss(small_regression())
     _solve(0.1, 1.5, 0.0, 0.0, 0.0, problem)
     traced = TRACES["count"]
-    _solve(0.2, 1.0, 1e-3, 0.1, 0.05, problem, t1=2.0)
-    _solve(0.05, 2.0, 1e-2, 0.0, 0.2, problem, t1=0.5)
+    _solve(0.2, 1.25, 0.0, 0.1, 0.05, problem, t1=2.0)
+    _solve(0.05, 1.75, 0.0, 0.0, 0.2, problem, t1=0.5)
     assert TRACES["count"] == traced
+    _solve(0.05, 1.0, 1e-2, 0.0, 0.2, problem, t1=0.5)  # the smoothed sign flow
+    assert TRACES["count"] > traced
 
 
 def test_vmap_matches_loop():
