@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 import mirrorflow_jax as mf
-from mirrorflow_jax._sweep import Grid, sweep
+from mirrorflow_jax import Grid, sweep
 
 QS = [1.0, 1.25, 1.5, 1.75, 2.0]
 EPSS = [1e-4, 1e-3, 1e-2, 1e-1]

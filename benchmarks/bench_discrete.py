@@ -41,7 +41,7 @@ import numpy as np
 import optax
 
 import mirrorflow_jax as mf
-from mirrorflow_jax._discrete import run_optimizer, steepest_descent, steps_to_escape
+from mirrorflow_jax import run_optimizer, steepest_descent, steps_to_escape
 
 REPEATS = 15
 SWEEP_REPEATS = 3

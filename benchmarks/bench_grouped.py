@@ -52,8 +52,7 @@ import numpy as np
 from bench_core import load
 
 import mirrorflow_jax as mf
-from mirrorflow_jax import _grouping, _sweep
-from mirrorflow_jax._sweep import Grid, sweep
+from mirrorflow_jax import Grid, _grouping, _sweep, sweep
 
 REPEAT_BELOW_S = 30.0
 GEOMETRIES = {"q": [1.0, 1.5, 2.0], "eps": [1e-3, 0.0, 0.0]}

@@ -44,7 +44,7 @@ from jax.flatten_util import ravel_pytree
 from scipy.integrate import solve_ivp
 
 import mirrorflow_jax as mf
-from mirrorflow_jax._sweep import Grid, sweep
+from mirrorflow_jax import Grid, sweep
 
 DEPTH = 3
 GEOMETRIES = {"q": [1.0, 1.5, 2.0], "eps": [1e-3, 0.0, 0.0]}
