@@ -2,7 +2,6 @@
 steepest flow, and say before anything is compiled whether they can take a solve."""
 
 import abc
-import dataclasses
 
 import diffrax
 from jaxtyping import PyTree
@@ -46,16 +45,13 @@ class AbstractFlowSolver(diffrax.AbstractAdaptiveSolver):
             raise ValueError(f"`{type(self).__name__}`: {reason}")
 
 
-def controller_tolerances(controller: PyTree) -> dict[str, float]:
+def unset_tolerances(solver, controller: PyTree) -> dict[str, float]:
     """The ``rtol`` and ``atol`` of a step-size controller, where it has concrete ones (a
-    `diffrax.PIDController`), else an empty dict."""
+    `diffrax.PIDController`), for those of ``solver``'s ``rtol``/``atol`` fields left None:
+    the changes that take a solver's tolerances from the controller."""
     values = {name: getattr(controller, name, None) for name in ("rtol", "atol")}
     try:
-        return {name: float(value) for name, value in values.items() if value is not None}
+        found = {name: float(value) for name, value in values.items() if value is not None}
     except TypeError:  # traced
         return {}
-
-
-def replace(solver, **changes):
-    """``solver`` with fields replaced (its ``__check_init__`` runs again)."""
-    return dataclasses.replace(solver, **changes)
+    return {name: value for name, value in found.items() if getattr(solver, name) is None}

@@ -30,7 +30,7 @@ from .._flow import FlowArgs, SteepestFlow
 from .._models import AbstractReparam
 from .._problems import AbstractFactoredLoss
 from .._validate import check_int, check_range, is_concrete
-from .base import AbstractFlowSolver, controller_tolerances
+from .base import AbstractFlowSolver, unset_tolerances
 from .linear import BlockLowRankOperator, woodbury_solve
 from .rows import linearized_rows, rows as _rows, unrows as _unrows
 
@@ -140,11 +140,7 @@ class AbstractPowerFlowESDIRK(AbstractFlowSolver):
 
     def resolve(self, flow, params, loss, controller) -> "PowerFlowKvaerno3":
         """This solver with its tolerances taken from ``controller`` where left None."""
-        changes = {
-            name: value
-            for name, value in controller_tolerances(controller).items()
-            if getattr(self, name) is None
-        }
+        changes = unset_tolerances(self, controller)
         return dataclasses.replace(self, **changes) if changes else self
 
     @property

@@ -35,7 +35,7 @@ from .._flow import FlowArgs, SteepestFlow
 from .._models import AbstractReparam
 from .._problems import AbstractFactoredLoss
 from .._validate import check_choice, check_int, check_range, is_concrete
-from .base import AbstractFlowSolver, controller_tolerances
+from .base import AbstractFlowSolver, unset_tolerances
 from .linear import BlockLowRankOperator, woodbury_solve
 from .rows import linearized_rows, rows as _rows, unrows as _unrows
 from .sliding import entry_stage, stage_signs
@@ -291,11 +291,7 @@ class SignFlowKvaerno3(AbstractFlowSolver):
         """This solver with its tolerances taken from ``controller`` where they were left
         None, and ``unknowns="auto"`` settled for ``flow`` and ``params`` where β is
         concrete (inside the solve β is traced)."""
-        changes = {
-            name: value
-            for name, value in controller_tolerances(controller).items()
-            if getattr(self, name) is None
-        }
+        changes = unset_tolerances(self, controller)
         if self.unknowns == "auto" and is_concrete(flow.coupled_wd):
             per_entry = _per_entry(flow, params, "auto")
             changes["unknowns"] = "entry" if per_entry else "coordinate"
