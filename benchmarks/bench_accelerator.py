@@ -4,7 +4,7 @@ Grid (``--size`` members, default 10,000, rounded to a multiple of 100): q ∈ {
 1.75, 2} × ε ∈ {1e-4, 1e-3, 1e-2, 1e-1} × depth ∈ {2, …, 6} (100 geometry-depth
 combinations) × α (log-spaced in [1e-3, 1e-1]) × seed, with as many α as seeds (or one more).
 Each member: ``SignedDeepDiagonal.scaled(α, depth=6)`` with its factors scaled by
-(1 + 0.2·N(0, 1)) from ``key(seed)``, truncated to ``depth`` by `PaddedSignedDeepDiagonal`,
+(1 + 0.2·N(0, 1)) from ``key(seed)``, truncated to ``depth`` by `Padded`,
 on ``sparse_regression(key(0), n=25, d=50, k=5)`` to t1 = 10, float64,
 ``PIDController(rtol=1e-4, atol=1e-7)``, at most ``--max-steps`` steps. The solver is an
 explicit, fixed choice per member made by ``lax.cond`` on (q, ε): `Rodas4` for the stiff
@@ -70,7 +70,7 @@ def make_run(max_steps: int):
             leaf * (1.0 + 0.2 * jax.random.normal(key, leaf.shape, leaf.dtype))
             for leaf, key in zip(leaves, keys, strict=True)
         ]
-        model = mf.PaddedSignedDeepDiagonal.truncated(jax.tree.unflatten(treedef, leaves), depth)
+        model = mf.Padded(jax.tree.unflatten(treedef, leaves), depth)
         flow = mf.SteepestFlow(mf.Lp(q, eps))
 
         def solve(solver):

@@ -54,6 +54,7 @@ if typing.TYPE_CHECKING:
     from ._models import (
         AbstractReparam as AbstractReparam,
         DeepDiagonal as DeepDiagonal,
+        Padded as Padded,
         PaddedDeepDiagonal as PaddedDeepDiagonal,
         PaddedSignedDeepDiagonal as PaddedSignedDeepDiagonal,
         SignedDeepDiagonal as SignedDeepDiagonal,

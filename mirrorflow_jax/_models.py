@@ -9,6 +9,7 @@ which is what the structure-preserving smoothing of `SteepestFlow` uses.
 import abc
 import functools
 import operator
+import warnings
 from typing import ClassVar
 
 import equinox as eqx
@@ -76,12 +77,6 @@ class AbstractReparam(eqx.Module):
         x, pullback = jax.vjp(lambda model: model(), self)
         (jac,) = pullback(jnp.ones_like(x))
         return jac
-
-    def padding(self) -> "AbstractReparam":
-        """A model-shaped PyTree of booleans, True for padding entries: stored zeros that the
-        model reads as unit factors, which every flow keeps in place (`PaddedDeepDiagonal`).
-        None by default."""
-        return jax.tree.map(lambda leaf: jnp.zeros(jnp.shape(leaf), bool), self)
 
 
 def _check_stacks(depth_name: str, **stacks):
@@ -299,46 +294,32 @@ def effective_weights(params):
     return params() if isinstance(params, AbstractReparam) else params
 
 
-def _padded_depth(*stacks: Factors) -> Array:
+def _rows_at_or_after(leaf: Array, depth: Array) -> Array:
+    """True for the rows of ``leaf`` (leading axis) at and after ``depth``, broadcast."""
+    rows = jnp.arange(leaf.shape[0]).reshape((-1,) + (1,) * (leaf.ndim - 1))
+    return jnp.broadcast_to(rows >= depth, leaf.shape)
+
+
+def _padded_depth(leaves) -> Array:
     """The depth encoded by zero padding: 1 + the index of the last row (after the first)
-    that is nonzero in any of ``stacks``."""
-    nonzero = jnp.any(jnp.stack(stacks) != 0, axis=(0, 2))
-    rows = jnp.arange(1, stacks[0].shape[0] + 1)
+    that is nonzero in any of ``leaves``."""
+    nonzero = functools.reduce(
+        operator.or_, [jnp.any(leaf != 0, axis=tuple(range(1, leaf.ndim))) for leaf in leaves]
+    )
+    rows = jnp.arange(1, leaves[0].shape[0] + 1)
     return jnp.max(jnp.where(nonzero, rows, 1))
 
 
-def _padding_rows(model: AbstractReparam, depth: Array) -> AbstractReparam:
-    """``model.padding()`` for a padded model: its rows at and after ``depth``."""
-
-    def rows(stack):
-        return jnp.broadcast_to(jnp.arange(stack.shape[0])[:, None] >= depth, stack.shape)
-
-    return jax.tree.map(rows, model)
-
-
-def _unit_padding(factors: Factors, depth: Array) -> Factors:
-    """``factors`` with the rows at and after ``depth`` read as unit factors."""
-    real = jnp.arange(factors.shape[0])[:, None] < depth
-    return jnp.where(real, factors, 1.0)
-
-
-def _padded_balance(factors: Factors, depth: Array, q: ScalarLike) -> Array:
-    """|w_i|^q − |w_1|^q for i = 2..max_depth, NaN for padding rows."""
-    padding = jnp.arange(1, factors.shape[0])[:, None] >= depth
-    return jnp.where(padding, jnp.nan, _factor_balance(factors, q))
-
-
-def _truncate(stacks: tuple[Factors, ...], depth) -> tuple[Factors, ...]:
-    """Zero the rows at and after ``depth`` of each stack (the padding), after checking that
+def _truncate(leaves, depth) -> list[Array]:
+    """Zero the rows at and after ``depth`` of each leaf (the padding), after checking that
     the padding can be read back: ``depth`` in [1, max_depth], and the last real row nonzero."""
-    max_depth = stacks[0].shape[0]
+    max_depth = leaves[0].shape[0]
     depth = jnp.asarray(depth)
     if is_concrete(depth):
         check_int("depth", depth.item() if depth.ndim == 0 else depth, 1)
         check_range("depth", depth, 1, max_depth)
-    real = jnp.arange(max_depth)[:, None] < depth
-    padded = tuple(jnp.where(real, stack, 0.0) for stack in stacks)
-    bad = (depth < 1) | (depth > max_depth) | (_padded_depth(*padded) != depth)
+    padded = [jnp.where(_rows_at_or_after(leaf, depth), 0.0, leaf) for leaf in leaves]
+    bad = (depth < 1) | (depth > max_depth) | (_padded_depth(padded) != depth)
     if is_concrete(padded) and is_concrete(depth) and bool(bad):
         raise ValueError(
             f"the depth-{int(depth)} factor must not be identically zero: trailing zero factors "
@@ -346,32 +327,41 @@ def _truncate(stacks: tuple[Factors, ...], depth) -> tuple[Factors, ...]:
         )
     # Traced (a sweep over depth): NaN factors instead of a run-time error, so that only this
     # member fails (its solve ends at once with result `nonfinite`), not the whole program.
-    return tuple(jnp.where(bad, jnp.nan, stack) for stack in padded)
+    return [jnp.where(bad, jnp.nan, leaf) for leaf in padded]
 
 
-class PaddedDeepDiagonal(AbstractReparam):
-    r"""A `DeepDiagonal` of depth L ≤ max_depth stored in a fixed (max_depth, dim) shape, so that
-    a sweep over L (a traced array) compiles once.
+class Padded(AbstractReparam):
+    r"""A deep model of depth L ≤ max_depth stored at depth max_depth, so that a sweep over L
+    (a traced integer) compiles once: ``Padded(DeepDiagonal.scaled(α, depth=4, dim=d), L)``
+    is ``DeepDiagonal.scaled(α, depth=L, dim=d)``.
 
         x = w_1 ⊙ … ⊙ w_L ⊙ 1 ⊙ … ⊙ 1
 
-    The rows after the first L are *padding*: stored as zeros and read as unit factors. A zero
-    row with zero gradient is a fixed point of every steepest flow (any q and ε, either
-    smoothing, coupled or decoupled weight decay), so the padding stays exactly in place, and
-    x, the real factors' velocities and the structured smoothing's P_i = ∏_{j≠i} w_j equal
-    those of the unpadded model. The depth is read back from the padding (1 + the last
-    nonzero row), so the last real factor must not be identically zero (the uniform α = 0
-    init, a stationary point, is the only common init that violates this; during a solve
-    every entry of w_L would have to hit 0.0 at once). It is not a separate field because
-    every floating field of the params is integrated by the flow, and weight decay would
-    shrink a mask.
+    Any `AbstractReparam` whose factors are stacks over a leading depth axis and which
+    multiplies its rows (`DeepDiagonal`, `SignedDeepDiagonal`, or a model of one's own) can
+    be padded. The rows after the first L of every factor stack are *padding*: stored as
+    zeros and read as unit factors. A zero row with zero gradient is a fixed point of every
+    steepest flow (any q and ε, either smoothing, coupled or decoupled weight decay), so the
+    padding stays exactly in place, and x, the real factors' velocities and the structured
+    smoothing's P_i = ∏_{j≠i} w_j equal those of the unpadded model.
 
-    ``balance(q)`` is NaN on padding rows (no layer there). The adaptive step-size controller
-    sees the padding's (exactly zero) errors: with diffrax's default RMS norm they loosen the
-    tolerance by √(max_depth/L); ``PIDController(..., norm=optimistix.max_norm)`` makes the
-    padded solve take the unpadded model's steps.
+    The depth is read back from the padding (1 + the last nonzero row), so the last real
+    factor must not be identically zero (the uniform α = 0 init, a stationary point, is the
+    only common init that violates this). It is not a separate field because every floating
+    field of the params is integrated by the flow, and weight decay would shrink a mask. A
+    traced depth outside [1, max_depth] gives NaN factors, so that member's solve ends at
+    once with result ``nonfinite``.
 
-    **Fields:** ``factors``, shape (max_depth, dim).
+    ``balance(q)`` is the model's own, NaN on the rows of padding layers (its axis −2, where
+    that axis has max_depth − 1 entries: layers 2..max_depth). The adaptive step-size
+    controller sees the padding's (exactly zero) errors: with diffrax's default RMS norm they
+    loosen the tolerance by √(max_depth/L); ``PIDController(..., norm=optimistix.max_norm)``
+    makes the padded solve take the unpadded model's steps.
+
+    **Arguments:** ``model`` an `AbstractReparam` of depth max_depth (every array field of
+    shape (max_depth, …)); ``depth`` an integer in [1, max_depth], may be traced.
+
+    **Fields:** ``model``, the wrapped model with its padding rows zeroed.
 
     **Example:**
 
@@ -379,95 +369,104 @@ class PaddedDeepDiagonal(AbstractReparam):
     flow, problem, d, t1 = mf.SteepestFlow(), mf.ScalarToy(), 3, 1.0
 
     def run(alpha, depth):  # depth: a traced integer in [1, 4]
-        model = mf.DeepDiagonal.scaled(alpha, depth=4, dim=d)
-        model = mf.PaddedDeepDiagonal.truncated(model, depth)
+        model = mf.Padded(mf.DeepDiagonal.scaled(alpha, depth=4, dim=d), depth)
         return mf.solve_flow(flow, model, problem, t1)
 
     sols = jax.vmap(run)(jnp.array([0.5, 0.5]), jnp.array([2, 3]))  # one compilation
     ```
     """
 
-    separable: ClassVar[bool] = True
-    factors: Factors
+    model: AbstractReparam
 
-    def __check_init__(self):
-        _check_stacks("max_depth", factors=self.factors)
+    def __init__(self, model: AbstractReparam, depth: ArrayLike):
+        if not isinstance(model, AbstractReparam) or isinstance(model, Padded):
+            raise ValueError(
+                "`model` must be an AbstractReparam with factor stacks over a leading depth "
+                f"axis (DeepDiagonal, SignedDeepDiagonal, ...); got {type(model).__name__}."
+            )
+        leaves, treedef = jax.tree.flatten(model)
+        shapes = [jnp.shape(leaf) for leaf in leaves]
+        if not leaves or any(len(s) < 2 or s[0] != shapes[0][0] for s in shapes):
+            raise ValueError(
+                "`model`'s arrays must all be stacks (max_depth, ...) over one leading depth "
+                f"axis to be padded; {type(model).__name__} has shapes {shapes[:4]}."
+            )
+        self.model = jax.tree.unflatten(treedef, _truncate(leaves, depth))
+
+    @property
+    def separable(self) -> bool:
+        """The wrapped model's: padding rows are unit factors, which keep x_j's dependence."""
+        return self.model.separable
 
     @property
     def max_depth(self) -> int:
-        return self.factors.shape[0]
+        return jax.tree.leaves(self.model)[0].shape[0]
 
     @property
     def dim(self) -> int:
-        return self.factors.shape[1]
+        return jax.tree.leaves(self.model)[0].shape[-1]
 
     @property
     def depth(self) -> Array:
         """L, read from the padding (an integer array; traced under a sweep)."""
-        return _padded_depth(self.factors)
-
-    def __call__(self) -> Vector:
-        return _product(_unit_padding(self.factors, self.depth))
-
-    def padding(self) -> "PaddedDeepDiagonal":
-        """True on the padding rows (at and after ``depth``)."""
-        return _padding_rows(self, self.depth)
-
-    def balance(self, q: ScalarLike) -> Array:
-        """|w_i|^q − |w_1|^q, shape (max_depth − 1, dim); NaN on padding rows."""
-        return _padded_balance(self.factors, self.depth, q)
-
-    @classmethod
-    def truncated(cls, model: DeepDiagonal, depth) -> "PaddedDeepDiagonal":
-        """The first ``depth`` factors of ``model`` (depth in [1, model.depth], may be traced),
-        padded to ``model.depth``: e.g. ``truncated(DeepDiagonal.saddle(λ, depth=4, dim=d), 3)``
-        is ``DeepDiagonal.saddle(λ, depth=3, dim=d)`` padded to depth 4."""
-        (factors,) = _truncate((model.factors,), depth)
-        return cls(factors)
-
-
-class PaddedSignedDeepDiagonal(AbstractReparam):
-    r"""A `SignedDeepDiagonal` x = ∏_i u_i − ∏_i v_i of depth L ≤ max_depth in a fixed
-    (max_depth, dim) shape; u and v are padded together, exactly as in `PaddedDeepDiagonal`.
-
-    **Fields:** ``u`` and ``v``, each of shape (max_depth, dim).
-    """
-
-    separable: ClassVar[bool] = True
-    u: Factors
-    v: Factors
-
-    def __check_init__(self):
-        _check_stacks("max_depth", u=self.u, v=self.v)
-
-    @property
-    def max_depth(self) -> int:
-        return self.u.shape[0]
-
-    @property
-    def dim(self) -> int:
-        return self.u.shape[1]
-
-    @property
-    def depth(self) -> Array:
-        """L, read from the padding of u and v together."""
-        return _padded_depth(self.u, self.v)
+        return _padded_depth(jax.tree.leaves(self.model))
 
     def __call__(self) -> Vector:
         depth = self.depth
-        u, v = _unit_padding(self.u, depth), _unit_padding(self.v, depth)
-        return _product(u) - _product(v)
 
-    def padding(self) -> "PaddedSignedDeepDiagonal":
-        """True on the padding rows of u and v (at and after ``depth``)."""
-        return _padding_rows(self, self.depth)
+        def unit(leaf):
+            return jnp.where(_rows_at_or_after(leaf, depth), 1.0, leaf)
+
+        return jax.tree.map(unit, self.model)()
 
     def balance(self, q: ScalarLike) -> Array:
-        """Balance of u and v stacked, shape (2, max_depth − 1, dim); NaN on padding rows."""
-        depth = self.depth
-        return jnp.stack([_padded_balance(w, depth, q) for w in (self.u, self.v)])
+        """The model's ``balance(q)``, NaN on the padding layers' rows."""
+        balance = self.model.balance(q)
+        if balance.ndim < 2 or balance.shape[-2] != self.max_depth - 1:
+            return balance
+        layers = jnp.arange(1, self.max_depth)[:, None]  # layers 2..max_depth, axis -2
+        return jnp.where(layers >= self.depth, jnp.nan, balance)
 
-    @classmethod
-    def truncated(cls, model: SignedDeepDiagonal, depth) -> "PaddedSignedDeepDiagonal":
-        """The first ``depth`` factors of ``model``'s u and v, padded to ``model.depth``."""
-        return cls(*_truncate((model.u, model.v), depth))
+    def padding(self) -> "Padded":
+        """A Padded-shaped PyTree of booleans, True on the padding rows (at and after
+        ``depth``)."""
+        depth = self.depth
+        return jax.tree.map(lambda leaf: _rows_at_or_after(leaf, depth), self)
+
+
+def padding_mask(params) -> AbstractReparam:
+    """A params-shaped PyTree of booleans, True for padding entries (stored zeros that the
+    model reads as unit factors and every flow keeps in place): the rows after the depth of a
+    `Padded` model, none for any other model."""
+    if isinstance(params, Padded):
+        return params.padding()
+    return jax.tree.map(lambda leaf: jnp.zeros(jnp.shape(leaf), bool), params)
+
+
+class PaddedDeepDiagonal:
+    """Deprecated: ``Padded(model, depth)`` pads any deep model."""
+
+    @staticmethod
+    def truncated(model: DeepDiagonal, depth) -> Padded:
+        """Deprecated: ``Padded(model, depth)``."""
+        warnings.warn(
+            "PaddedDeepDiagonal.truncated(model, depth) is deprecated; use Padded(model, depth).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return Padded(model, depth)
+
+
+class PaddedSignedDeepDiagonal:
+    """Deprecated: ``Padded(model, depth)`` pads any deep model."""
+
+    @staticmethod
+    def truncated(model: SignedDeepDiagonal, depth) -> Padded:
+        """Deprecated: ``Padded(model, depth)``."""
+        warnings.warn(
+            "PaddedSignedDeepDiagonal.truncated(model, depth) is deprecated; use "
+            "Padded(model, depth).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return Padded(model, depth)

@@ -510,7 +510,7 @@ def sweep(
     ``fn`` acts on one configuration (each axis arrives as a 0-d array, traced) and returns a
     `FlowSolution` or any PyTree of arrays. It is traced once, whatever the grid: hyperparameters
     must enter as arrays (``Lp(q, eps)``, ``SteepestFlow(decoupled_wd=wd)``, ``jax.random.key(
-    seed)``), and depth through `PaddedDeepDiagonal`.
+    seed)``), and depth through `Padded`.
 
     **Strategies** (how one device evaluates its members):
 

@@ -26,7 +26,6 @@ import numpy as np  # noqa: E402
 import optimistix as optx  # noqa: E402
 
 import mirrorflow_jax as mf  # noqa: E402
-from mirrorflow_jax._models import PaddedSignedDeepDiagonal  # noqa: E402
 from mirrorflow_jax._sweep import Grid, sweep  # noqa: E402
 
 PROBLEM = mf.sparse_regression(jax.random.key(0), n=8, d=12, k=3)
@@ -61,7 +60,7 @@ def padded_member(alpha, q, depth, eps):
     """The signed model of depth ``depth`` (traced), padded to MAX_DEPTH."""
     TRACES["count"] += 1
     full = mf.SignedDeepDiagonal.scaled(alpha, depth=MAX_DEPTH, dim=DIM)
-    return solve(PaddedSignedDeepDiagonal.truncated(full, depth), q, eps)
+    return solve(mf.Padded(full, depth), q, eps)
 
 
 def depth2_member(alpha, q, eps):

@@ -1,9 +1,12 @@
+from typing import ClassVar
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import mirrorflow_jax as mf
+from mirrorflow_jax._models import padding_mask
 
 
 def _numpy_products_except(factors):
@@ -86,17 +89,74 @@ def test_scaled_init_is_differentiable_in_alpha():
 
 
 def test_padding_marks_the_padding_rows():
-    """`padding()` is True exactly on the rows a padded model reads as unit factors (a traced
-    depth too), and False everywhere for unpadded models."""
+    """`padding_mask` is True exactly on the rows a padded model reads as unit factors (a
+    traced depth too), and False everywhere for unpadded models."""
     deep = mf.SignedDeepDiagonal.scaled(0.5, depth=4, dim=3)
-    assert not any(bool(leaf.any()) for leaf in jax.tree.leaves(deep.padding()))
+    assert not any(bool(leaf.any()) for leaf in jax.tree.leaves(padding_mask(deep)))
     expected = np.arange(4)[:, None] >= 2
-    padded = mf.PaddedSignedDeepDiagonal.truncated(deep, 2)
-    for rows in (padded.padding().u, padded.padding().v):
+    mask = padding_mask(mf.Padded(deep, 2))
+    for rows in (mask.model.u, mask.model.v):
         np.testing.assert_array_equal(rows, np.broadcast_to(expected, (4, 3)))
-    traced = jax.jit(
-        lambda d: mf.PaddedDeepDiagonal.truncated(mf.DeepDiagonal(deep.u), d).padding()
-    )
+    traced = jax.jit(lambda d: padding_mask(mf.Padded(mf.DeepDiagonal(deep.u), d)))
     np.testing.assert_array_equal(
-        traced(3).factors, np.broadcast_to(np.arange(4)[:, None] >= 3, (4, 3))
+        traced(3).model.factors, np.broadcast_to(np.arange(4)[:, None] >= 3, (4, 3))
     )
+
+
+class Triple(mf.AbstractReparam):
+    """A model of one's own: x = ∏_i a_i ⊙ ∏_i b_i ⊙ ∏_i c_i, stacks (depth, dim)."""
+
+    separable: ClassVar[bool] = True
+    a: jax.Array
+    b: jax.Array
+    c: jax.Array
+
+    def __call__(self):
+        return jnp.prod(self.a, 0) * jnp.prod(self.b, 0) * jnp.prod(self.c, 0)
+
+    def balance(self, q):
+        powered = jnp.abs(jnp.stack([self.a, self.b, self.c])) ** q
+        return powered[:, 1:] - powered[:, :1]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda depth: mf.DeepDiagonal.random(jax.random.key(1), depth=depth, dim=3),
+        lambda depth: mf.SignedDeepDiagonal.random(jax.random.key(2), depth=depth, dim=3),
+        lambda depth: Triple(*jax.random.normal(jax.random.key(3), (3, depth, 3))),
+    ],
+    ids=["deep", "signed", "own"],
+)
+def test_padded_model_is_the_shallower_model(make):
+    """`Padded(model, L)` reads as the model's first L layers: same x, same balance on the
+    real layers (NaN on the padding's), same factor Jacobian on the real rows; any deep
+    model, a user's own included."""
+    full = make(4)
+    for depth in (1, 2, 3, 4):
+        padded = mf.Padded(full, depth)
+        shallow = jax.tree.map(lambda leaf, depth=depth: leaf[:depth], full)
+        assert int(padded.depth) == depth and padded.max_depth == 4 and padded.dim == 3
+        np.testing.assert_allclose(padded(), shallow(), rtol=1e-14)
+        balance = padded.balance(1.5)
+        np.testing.assert_allclose(balance[..., : depth - 1, :], shallow.balance(1.5))
+        assert bool(jnp.all(jnp.isnan(balance[..., depth - 1 :, :])))
+        jacobians = padded.factor_jacobian(), shallow.factor_jacobian()
+        for real, ref in zip(*map(jax.tree.leaves, jacobians), strict=True):
+            np.testing.assert_allclose(real[:depth], ref, rtol=1e-14)
+        assert padded.separable
+
+
+def test_padded_refuses_what_it_cannot_pad_and_old_names_warn():
+    with pytest.raises(ValueError, match="`model`'s arrays must all be stacks"):
+        mf.Padded(mf.SquareDiff.scaled(0.1, dim=3), 1)
+    with pytest.raises(ValueError, match="`model` must be an AbstractReparam"):
+        mf.Padded({"w": jnp.ones((2, 3))}, 1)
+    deep = mf.DeepDiagonal.scaled(0.5, depth=3, dim=2)
+    with pytest.raises(ValueError, match=r"`depth` must lie in \[1, 3\]"):
+        mf.Padded(deep, 4)
+    with pytest.raises(ValueError, match="must not be identically zero"):
+        mf.Padded(mf.DeepDiagonal(deep.factors.at[1].set(0.0)), 2)
+    for old in (mf.PaddedDeepDiagonal, mf.PaddedSignedDeepDiagonal):
+        with pytest.warns(DeprecationWarning, match=r"use Padded\(model, depth\)"):
+            assert isinstance(old.truncated(deep, 2), mf.Padded)

@@ -17,7 +17,6 @@ import pytest
 
 import mirrorflow_jax as mf
 from mirrorflow_jax import _guard
-from mirrorflow_jax._models import PaddedDeepDiagonal
 from mirrorflow_jax._sweep import Grid, sweep
 from mirrorflow_jax.cli import main
 
@@ -203,7 +202,7 @@ def test_one_members_bad_padded_depth_fails_alone():
     full = mf.DeepDiagonal.scaled(0.5, depth=3, dim=12)
 
     def run(depth):
-        model = PaddedDeepDiagonal.truncated(full, depth)
+        model = mf.Padded(full, depth)
         return mf.solve_flow(FLOW, model, small_regression(), 1.0, solver=diffrax.Tsit5())
 
     ds = sweep(run, Grid(depth=[2, 4, 3]), strategy="map")

@@ -32,7 +32,7 @@ import lineax as lx
 import numpy as np
 
 from .._flow import FlowArgs, SteepestFlow
-from .._models import AbstractReparam
+from .._models import AbstractReparam, padding_mask
 from .._problems import AbstractFactoredLoss
 from .._validate import check_choice, check_int, check_range, is_concrete
 from .base import AbstractFlowSolver, unset_tolerances
@@ -470,7 +470,7 @@ class SignFlowKvaerno3(AbstractFlowSolver):
         def signs_of(rows):
             return jnp.sign(_rows(_unrows(rows, y0).factor_jacobian(), dim))
 
-        fixed = _rows(y0.padding(), dim)
+        fixed = _rows(padding_mask(y0), dim)
 
         def velocity_at(rows):
             return flow.geometry.map(_gradient(flow, _unrows(rows, y0), args.loss, True))

@@ -193,7 +193,7 @@ def _saddle(lam, depth, dim, max_depth):
     rows = jnp.arange(max_depth)[:, None]
     first = jnp.where(depth >= 2, 0.0, lam)
     u = jnp.where(rows == 0, first, lam) * jnp.ones((max_depth, dim))
-    return mf.PaddedSignedDeepDiagonal.truncated(mf.SignedDeepDiagonal(u, u), depth)
+    return mf.Padded(mf.SignedDeepDiagonal(u, u), depth)
 
 
 def _controller(config: Config):

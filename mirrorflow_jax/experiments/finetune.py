@@ -168,7 +168,7 @@ def load_digits_tasks(config: Config) -> tuple[Split, Split, Split]:
 
 class Classifier(eqx.Module):
     """A tanh MLP backbone and a linear head whose weights are a deep diagonal product
-    x = w_1 ⊙ … ⊙ w_L (``mf.PaddedDeepDiagonal``, so that heads of every depth share one
+    x = w_1 ⊙ … ⊙ w_L (``mf.Padded``, so that heads of every depth share one
     compilation; depth 1 is an ordinary linear head).
 
     **Fields:** ``layers`` (the backbone's ``eqx.nn.Linear`` layers), ``head`` (x of shape
@@ -197,7 +197,7 @@ def new_head(key: PRNGKeyArray, classes: int, width: int, scale, depth: int, max
     w1 = scale * jax.random.uniform(key, (classes * width,), jnp.result_type(float), -bound, bound)
     rows = jnp.arange(max_depth)[:, None]
     factors = jnp.where(rows == 0, w1, jnp.where(rows < depth, 1.0, 0.0))
-    return mf.PaddedDeepDiagonal(factors), jnp.zeros(classes, w1.dtype)
+    return mf.Padded(mf.DeepDiagonal(factors), depth), jnp.zeros(classes, w1.dtype)
 
 
 def init_classifier(key: PRNGKeyArray, config: Config) -> Classifier:
@@ -341,7 +341,7 @@ def _spectra(run: mf.DiscreteRun, train: Split, keys, config: Config):
     eigenvalues, are dropped)."""
 
     def one(model, key):
-        head = mf.DeepDiagonal(model.head.factors[:1])
+        head = mf.DeepDiagonal(model.head.model.factors[:1])
         return mf.hessian_eigenvalues(
             cross_entropy,
             Classifier(model.layers, head, model.bias),

@@ -18,7 +18,7 @@ to reach 1/2 is T(α) = ∫_{α^L}^{1/2} dx / (h(x)·φ_q(1 − x)) with h(x) = 
 for a pure power law, and checks it per (family, q, L); in the log regime it also checks
 dT/d log(1/α) = 1 **(derived)**.
 
-Depths are swept in one compilation with `PaddedDeepDiagonal`; the sign flow q = 1 uses the
+Depths are swept in one compilation with `Padded`; the sign flow q = 1 uses the
 structure-preserving smoothing with a small ε (docs/smoothing.md).
 """
 
@@ -115,7 +115,7 @@ def _escape_fn(config: Config, by_product: bool):
         z = jnp.exp(config.random_spread * jax.random.normal(jax.random.key(seed), (max_depth, 1)))
         ones = jnp.ones((max_depth, 1))
         shape = jnp.select([family == 0, family == 1], [ones, z], ones.at[0].set(0.0))
-        model = mf.PaddedDeepDiagonal.truncated(mf.DeepDiagonal(alpha * shape), depth)
+        model = mf.Padded(mf.DeepDiagonal(alpha * shape), depth)
         controller = diffrax.PIDController(
             rtol=config.rtol,
             atol=config.rtol * alpha ** depth.astype(alpha.dtype),

@@ -175,11 +175,11 @@ def top_k_recovers(x: np.ndarray, support: np.ndarray) -> np.ndarray:
 def _saddle(lam, depth, dim, max_depth=None):
     """Signed saddle init u_1 = v_1 = 0, other factors λ, padded to ``max_depth``."""
     model = mf.SignedDeepDiagonal.saddle(lam, depth=max_depth or depth, dim=dim)
-    return model if max_depth is None else mf.PaddedSignedDeepDiagonal.truncated(model, depth)
+    return model if max_depth is None else mf.Padded(model, depth)
 
 
 def _controller(config: Config):
-    # max-norm: the padding's zero errors do not loosen the tolerance (PaddedDeepDiagonal)
+    # max-norm: the padding's zero errors do not loosen the tolerance (Padded)
     return diffrax.PIDController(rtol=config.rtol, atol=1e-3 * config.rtol, norm=optx.max_norm)
 
 
