@@ -1,6 +1,8 @@
 """The continuous-time Adam/AdamW ODE: Adam's small-step limit with β's tied to the step size
 (docs/theory.md §1, §9)."""
 
+import warnings
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -8,8 +10,8 @@ import numpy as np
 import optax
 from jaxtyping import Array
 
-from ._custom_types import Loss, Params, ScalarLike
-from ._flow import AbstractFlow
+from ._custom_types import Loss, Params, ScalarLike, Schedule
+from ._flow import AbstractDecayedFlow, checked_decay
 from ._models import effective_weights
 from ._validate import as_float, check_range, is_concrete
 
@@ -44,7 +46,7 @@ def _check_beta(name: str, value):
         raise ValueError(f"`{name}` must lie in [0, 1); got {np.asarray(value)}.")
 
 
-class AdamFlow(AbstractFlow):
+class AdamFlow(AbstractDecayedFlow):
     r"""Continuous-time Adam/AdamW on F(θ) = f(x(θ)).
 
         dm/dt = a·(g − m),    dv/dt = b·(g ⊙ g − v),    g = ∇_θ F(θ),    m(0) = v(0) = 0
@@ -66,7 +68,8 @@ class AdamFlow(AbstractFlow):
     - ``rate1``: a = (1 − β₁)/η > 0, the first-moment rate (time constant 1/a).
     - ``rate2``: b = (1 − β₂)/η > 0, the second-moment rate.
     - ``eps``: ε ≥ 0 (0/0 is read as 0).
-    - ``weight_decay``: decoupled (AdamW) decay λ ≥ 0.
+    - ``decoupled_wd``: decoupled (AdamW) decay λ ≥ 0, or a schedule t ↦ λ(t) (the flow only:
+      `discrete` needs a constant). ``weight_decay``, its former name, is deprecated.
 
     **Example:**
 
@@ -81,7 +84,7 @@ class AdamFlow(AbstractFlow):
     rate1: Array
     rate2: Array
     eps: Array
-    weight_decay: Array
+    decoupled_wd: Array | Schedule
 
     @property
     def geometry(self) -> None:
@@ -93,16 +96,27 @@ class AdamFlow(AbstractFlow):
         rate1: ScalarLike,
         rate2: ScalarLike,
         eps: ScalarLike = 1e-8,
-        weight_decay: ScalarLike = 0.0,
+        decoupled_wd: ScalarLike | Schedule = 0.0,
+        *,
+        weight_decay: ScalarLike | None = None,
     ):
         check_range("rate1", rate1, 0.0, lo_open=True)
         check_range("rate2", rate2, 0.0, lo_open=True)
         check_range("eps", eps, 0.0)
-        check_range("weight_decay", weight_decay, 0.0)
         self.rate1 = as_float(rate1)
         self.rate2 = as_float(rate2)
         self.eps = as_float(eps)
-        self.weight_decay = as_float(weight_decay)
+        self.decoupled_wd = checked_decay(decoupled_wd, weight_decay)
+
+    @property
+    def weight_decay(self) -> Array | Schedule:
+        """Deprecated: ``decoupled_wd``."""
+        warnings.warn(
+            "`AdamFlow.weight_decay` is deprecated; use `decoupled_wd`.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.decoupled_wd
 
     @classmethod
     def from_betas(
@@ -111,15 +125,19 @@ class AdamFlow(AbstractFlow):
         b1: ScalarLike = 0.9,
         b2: ScalarLike = 0.999,
         eps: ScalarLike = 1e-8,
-        weight_decay: ScalarLike = 0.0,
+        decoupled_wd: ScalarLike | Schedule = 0.0,
+        *,
+        weight_decay: ScalarLike | None = None,
     ) -> "AdamFlow":
-        """The flow of ``optax.adamw(learning_rate, b1, b2, eps, weight_decay)``:
-        a = (1 − β₁)/η, b = (1 − β₂)/η, β's in [0, 1)."""
+        """The flow of ``optax.adamw(learning_rate, b1, b2, eps, weight_decay=decoupled_wd)``:
+        a = (1 − β₁)/η, b = (1 − β₂)/η, β's in [0, 1) (``weight_decay`` is the deprecated name
+        of ``decoupled_wd``)."""
         check_range("learning_rate", learning_rate, 0.0, lo_open=True)
         _check_beta("b1", b1)
         _check_beta("b2", b2)
         lr = as_float(learning_rate)
-        return cls((1 - as_float(b1)) / lr, (1 - as_float(b2)) / lr, eps, weight_decay)
+        decay = checked_decay(decoupled_wd, weight_decay)
+        return cls((1 - as_float(b1)) / lr, (1 - as_float(b2)) / lr, eps, decay)
 
     def betas(self, learning_rate: ScalarLike) -> tuple[Array, Array]:
         """(β₁, β₂) = (1 − a·η, 1 − b·η); needs η ≤ 1/max(a, b) so that both are ≥ 0."""
@@ -133,9 +151,14 @@ class AdamFlow(AbstractFlow):
     def discrete(self, learning_rate: ScalarLike) -> optax.GradientTransformation:
         """The discrete optimizer with step η whose flow this is: ``optax.adamw`` with
         β = 1 − rate·η, the same ε and decay (its ``update`` needs ``params``)."""
+        if callable(self.decoupled_wd):
+            raise ValueError(
+                "`decoupled_wd` must be a constant for `discrete` (optax.adamw's weight_decay); "
+                "got a schedule."
+            )
         b1, b2 = self.betas(learning_rate)
         return optax.adamw(
-            as_float(learning_rate), b1=b1, b2=b2, eps=self.eps, weight_decay=self.weight_decay
+            as_float(learning_rate), b1=b1, b2=b2, eps=self.eps, weight_decay=self.decoupled_wd
         )
 
     def init(self, params: Params) -> AdamState:
@@ -165,8 +188,9 @@ class AdamFlow(AbstractFlow):
         params = state.params
         grads = jax.grad(lambda p: loss(effective_weights(p)))(params)
         direction = self.direction(t, grads, state.m, state.v)
+        alpha = self.decay_rate(t)
         return AdamState(
-            params=jax.tree.map(lambda d, p: -d - self.weight_decay * p, direction, params),
+            params=jax.tree.map(lambda d, p: -d - alpha * p, direction, params),
             m=jax.tree.map(lambda g, m: self.rate1 * (g - m), grads, state.m),
             v=jax.tree.map(lambda g, v: self.rate2 * (g * g - v), grads, state.v),
         )

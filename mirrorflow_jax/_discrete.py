@@ -10,6 +10,7 @@ import optax
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ._custom_types import Loss, Params, ScalarLike
+from ._flow import checked_decay
 from ._geometry import Lp
 from ._loss import traced_closure
 from ._models import effective_weights
@@ -53,7 +54,8 @@ def steepest_descent(
     eps: ScalarLike = 0.0,
     *,
     smoothing: str = "sqrt",
-    weight_decay: ScalarLike = 0.0,
+    decoupled_wd: ScalarLike = 0.0,
+    weight_decay: ScalarLike | None = None,
 ) -> optax.GradientTransformation:
     r"""ℓ_p steepest descent with decoupled (AdamW-style) weight decay (docs/theory.md §1):
 
@@ -71,7 +73,8 @@ def steepest_descent(
 
     - ``learning_rate``: η > 0, or an optax schedule.
     - ``q``, ``eps``, ``smoothing``: the geometry, as in `Lp`.
-    - ``weight_decay``: decoupled decay α ≥ 0.
+    - ``decoupled_wd``: decoupled decay α ≥ 0 (``weight_decay``, its former name, is
+      deprecated).
 
     **Returns:** an ``optax.GradientTransformation``.
 
@@ -84,10 +87,12 @@ def steepest_descent(
     ```
     """
     _check_learning_rate(learning_rate)
-    check_range("weight_decay", weight_decay, 0.0)
+    decoupled_wd = checked_decay(decoupled_wd, weight_decay)
+    if callable(decoupled_wd):
+        raise ValueError("`decoupled_wd` must be a number >= 0 here; got a callable.")
     links = [scale_by_steepest(q, eps, smoothing)]
-    if not _is_zero(weight_decay):
-        links.append(optax.add_decayed_weights(weight_decay))
+    if not _is_zero(decoupled_wd):
+        links.append(optax.add_decayed_weights(decoupled_wd))
     links.append(optax.scale_by_learning_rate(learning_rate))
     return optax.chain(*links)
 

@@ -2,6 +2,7 @@
 (docs/theory.md §1)."""
 
 import abc
+import warnings
 from collections.abc import Callable
 
 import equinox as eqx
@@ -55,6 +56,38 @@ class AbstractFlow(eqx.Module):
         """
 
 
+class AbstractDecayedFlow(AbstractFlow):
+    """An `AbstractFlow` with decoupled (AdamW-style) weight decay: a term −α(t)·θ outside the
+    flow's direction, with ``decoupled_wd`` α ≥ 0 or a schedule t ↦ α(t)."""
+
+    decoupled_wd: eqx.AbstractVar[Array | Schedule]
+
+    def decay_rate(self, t: ScalarLike) -> Array:
+        """α(t)."""
+        if callable(self.decoupled_wd):
+            return jnp.asarray(self.decoupled_wd(t))
+        return self.decoupled_wd
+
+
+def checked_decay(
+    decoupled_wd: ScalarLike | Schedule, weight_decay: ScalarLike | None = None
+) -> Array | Schedule:
+    """``decoupled_wd`` checked (α ≥ 0; a schedule is taken as is), or the deprecated
+    ``weight_decay`` where that was passed instead (named in its own error messages)."""
+    name = "decoupled_wd"
+    if weight_decay is not None:
+        warnings.warn(
+            "`weight_decay` is deprecated; use `decoupled_wd` (the same decoupled decay).",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        name, decoupled_wd = "weight_decay", weight_decay
+    if callable(decoupled_wd):
+        return decoupled_wd
+    check_range(name, decoupled_wd, 0.0)
+    return as_float(decoupled_wd)
+
+
 class FlowArgs(eqx.Module):
     """The ``args`` that `solve_flow` hands to diffrax: the flow, the loss f(x) and the initial
     loss value (for escape events). Solvers that exploit a flow's structure (`Rodas4`) read
@@ -68,7 +101,7 @@ class FlowArgs(eqx.Module):
     value0: Array
 
 
-class SteepestFlow(AbstractFlow):
+class SteepestFlow(AbstractDecayedFlow):
     r"""Steepest flow with coupled and decoupled weight decay.
 
         dθ/dt = −φ_q^ε(∇_θ F(θ)) − α(t)·θ,    F(θ) = f(x(θ)) + (β/2)‖θ‖²
@@ -123,9 +156,7 @@ class SteepestFlow(AbstractFlow):
     ):
         check_range("coupled_wd", coupled_wd, 0.0)
         check_choice("smoothing_at", smoothing_at, SMOOTHING_PLACES)
-        if not callable(decoupled_wd):
-            check_range("decoupled_wd", decoupled_wd, 0.0)
-            decoupled_wd = as_float(decoupled_wd)
+        decoupled_wd = checked_decay(decoupled_wd)
         if geometry is not None and not isinstance(geometry, Lp):
             raise ValueError(
                 f"`geometry` must be an Lp geometry such as mf.Lp(q=2.0); got "
@@ -163,12 +194,6 @@ class SteepestFlow(AbstractFlow):
         if self.smoothing_at == "auto":
             return "structured" if structured_ok else "naive"
         return self.smoothing_at
-
-    def decay_rate(self, t: ScalarLike) -> Array:
-        """α(t)."""
-        if callable(self.decoupled_wd):
-            return jnp.asarray(self.decoupled_wd(t))
-        return self.decoupled_wd
 
     def objective(self, params: Params, loss: Loss) -> Array:
         """F(θ) = f(x(θ)) + (β/2)‖θ‖²."""

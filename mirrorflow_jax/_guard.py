@@ -48,7 +48,7 @@ _RANGES = {
         "rate1": (0.0, jnp.inf, True),
         "rate2": (0.0, jnp.inf, True),
         "eps": (0.0, jnp.inf, False),
-        "weight_decay": (0.0, jnp.inf, False),
+        "decoupled_wd": (0.0, jnp.inf, False),
     },
     "DeepDiagonalMirror": {"q": (1.0, 2.0, False), "c": (0.0, jnp.inf, False)},
     "MirrorFlow": {"c": (0.0, jnp.inf, False), "decoupled_wd": (0.0, jnp.inf, False)},

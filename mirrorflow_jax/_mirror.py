@@ -30,7 +30,7 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike
 
 from ._custom_types import Loss, ScalarLike, Schedule
-from ._flow import AbstractFlow
+from ._flow import AbstractDecayedFlow, checked_decay
 from ._geometry import Lp
 from ._solve import solve_flow
 from ._validate import as_float, check_int, check_range
@@ -232,7 +232,7 @@ class DeepDiagonalMirror(eqx.Module):
         return self.potential(x) - self.potential(y) - jnp.sum(self.grad(y) * (x - jnp.asarray(y)))
 
 
-class MirrorFlow(AbstractFlow):
+class MirrorFlow(AbstractDecayedFlow):
     r"""The x-space steepest mirror flow of a balanced deep diagonal model (docs/theory.md §4, §6):
 
         dx/dt = −h_{c(t)}(x)·φ_q^ε(∇f(x)) − L·α(t)·x,     dc/dt = −q·α(t)·c,
@@ -257,9 +257,7 @@ class MirrorFlow(AbstractFlow):
     ):
         check_int("depth", depth, 1)
         check_range("c", c, 0.0)
-        if not callable(decoupled_wd):
-            check_range("decoupled_wd", decoupled_wd, 0.0)
-            decoupled_wd = as_float(decoupled_wd)
+        decoupled_wd = checked_decay(decoupled_wd)
         self.geometry = geometry
         self.c = as_float(c)
         self.decoupled_wd = decoupled_wd
@@ -268,11 +266,6 @@ class MirrorFlow(AbstractFlow):
     def mirror(self, c: ArrayLike | None = None) -> DeepDiagonalMirror:
         """The mirror map at balance constant ``c`` (default: the initial one)."""
         return DeepDiagonalMirror(self.geometry.q, self.depth, self.c if c is None else c)
-
-    def decay_rate(self, t: ScalarLike) -> Array:
-        if callable(self.decoupled_wd):
-            return jnp.asarray(self.decoupled_wd(t))
-        return self.decoupled_wd
 
     def init(self, params: Array):
         return params, jnp.broadcast_to(self.c, jnp.shape(params)).astype(jnp.result_type(params))

@@ -78,7 +78,7 @@ def test_constant_gradient_gives_the_closed_form():
 
 
 def test_discrete_adamw_approaches_the_ode_linearly_in_the_step():
-    flow = AdamFlow(10.0, 1.0, eps=1e-8, weight_decay=0.1)  # β1 = 0.9, β2 = 0.99 at η = 0.01
+    flow = AdamFlow(10.0, 1.0, eps=1e-8, decoupled_wd=0.1)  # β1 = 0.9, β2 = 0.99 at η = 0.01
     t1 = 2.0
     model, ts, sol = _toy_solve(flow, t1)
     lrs = jnp.array([0.01, 0.005, 0.0025])  # a·η ≤ 0.1: at η = 0.02 the ratio is still 2.8
@@ -110,7 +110,7 @@ def test_sign_flow_is_the_limit_of_fast_moments_and_small_eps():
 
 
 def test_discrete_is_optax_adamw_with_betas_tied_to_the_step():
-    flow = AdamFlow.from_betas(0.01, b1=0.9, b2=0.99, eps=1e-6, weight_decay=0.1)
+    flow = AdamFlow.from_betas(0.01, b1=0.9, b2=0.99, eps=1e-6, decoupled_wd=0.1)
     np.testing.assert_allclose([flow.rate1, flow.rate2], [10.0, 1.0], rtol=1e-12)
     np.testing.assert_allclose(flow.betas(0.01), [0.9, 0.99], rtol=1e-12)
     ours, theirs = flow.discrete(0.01), optax.adamw(0.01, 0.9, 0.99, 1e-6, weight_decay=0.1)
@@ -136,7 +136,7 @@ def test_discrete_is_optax_adamw_with_betas_tied_to_the_step():
         (lambda: AdamFlow(0.0, 1.0), r"`rate1` must lie in \(0.0, inf\)"),
         (lambda: AdamFlow(1.0, -1.0), r"`rate2` must lie in \(0.0, inf\)"),
         (lambda: AdamFlow(1.0, 1.0, eps=-1.0), r"`eps` must lie in \[0.0, inf\)"),
-        (lambda: AdamFlow(1.0, 1.0, weight_decay=-1.0), r"`weight_decay` must lie in"),
+        (lambda: AdamFlow(1.0, 1.0, decoupled_wd=-1.0), r"`decoupled_wd` must lie in"),
         (lambda: AdamFlow.from_betas(0.01, b1=1.0), r"`b1` must lie in \[0, 1\)"),
         (lambda: AdamFlow.from_betas(0.0), r"`learning_rate` must lie in \(0.0, inf\)"),
         (lambda: AdamFlow(10.0, 1.0).discrete(0.2), r"`learning_rate` must lie in \(0.0, 0.1\]"),
@@ -145,3 +145,24 @@ def test_discrete_is_optax_adamw_with_betas_tied_to_the_step():
 def test_bad_setup_raises(make, pattern):
     with pytest.raises(ValueError, match=pattern):
         make()
+
+
+def test_weight_decay_is_a_deprecated_name_of_decoupled_wd():
+    """The decoupled decay is ``decoupled_wd`` in every flow and optimizer; the former name
+    ``weight_decay`` of `AdamFlow` and `steepest_descent` still works, with a warning, and
+    its errors name it."""
+    with pytest.warns(DeprecationWarning, match="use `decoupled_wd`"):
+        old = AdamFlow.from_betas(0.01, weight_decay=0.1)
+    assert float(old.decoupled_wd) == float(
+        AdamFlow.from_betas(0.01, decoupled_wd=0.1).decoupled_wd
+    )
+    with pytest.warns(DeprecationWarning, match="use `decoupled_wd`"):
+        assert float(old.weight_decay) == 0.1
+    with pytest.warns(DeprecationWarning, match="use `decoupled_wd`"):
+        renamed = mf.steepest_descent(0.1, 1.0, weight_decay=0.3)
+    params, grads = jnp.array([1.0, -2.0]), jnp.array([0.5, 0.0])
+    for optimizer in (renamed, mf.steepest_descent(0.1, 1.0, decoupled_wd=0.3)):
+        updates, _ = optimizer.update(grads, optimizer.init(params), params)
+        np.testing.assert_allclose(updates, -0.1 * (jnp.sign(grads) + 0.3 * params), rtol=1e-15)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="`weight_decay` must"):
+        AdamFlow(1.0, 1.0, weight_decay=-1.0)

@@ -153,7 +153,7 @@ def test_traced_hyperparameters_are_checked_under_the_users_own_jit_and_vmap():
         (lambda v: mf.SteepestFlow(mf.Lp(1.0, v)), 0.0, -1e-3),
         (lambda v: mf.SteepestFlow(coupled_wd=v), 0.0, -0.1),
         (lambda v: mf.AdamFlow(rate1=v, rate2=1.0), 1.0, 0.0),
-        (lambda v: mf.AdamFlow(rate1=1.0, rate2=1.0, weight_decay=v), 0.0, -1.0),
+        (lambda v: mf.AdamFlow(rate1=1.0, rate2=1.0, decoupled_wd=v), 0.0, -1.0),
         (lambda v: mf.MirrorFlow(mf.Lp(1.5), depth=2, c=v), 0.0, -1.0),
         (lambda v: mf.MirrorFlow(mf.Lp(v), depth=2, c=1.0), 2.0, 0.5),
     ],
