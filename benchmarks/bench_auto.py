@@ -33,7 +33,7 @@ os.environ.setdefault("EQX_ON_ERROR", "nan")
 import diffrax  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_core import BudgetExceeded, CountingField, load
+from _common import BudgetExceeded, CountingField, load
 from jax.flatten_util import ravel_pytree
 from scipy.integrate import solve_ivp
 

@@ -20,7 +20,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench_core import QUICK, environment, steady_wall, timed
+from _common import QUICK, steady_wall, timed
+from bench_core import environment
 
 import mirrorflow_jax as mf
 

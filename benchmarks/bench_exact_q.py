@@ -26,7 +26,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench_core import load, timed
+from _common import load, timed
 
 import mirrorflow_jax as mf
 

@@ -49,7 +49,7 @@ import types
 import diffrax
 import jax
 import numpy as np
-from bench_core import load
+from _common import load
 
 import mirrorflow_jax as mf
 from mirrorflow_jax import Grid, _grouping, _sweep, sweep

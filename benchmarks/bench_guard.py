@@ -20,7 +20,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench_core import load
+from _common import load
 from bench_sweep import FULL, QUICK, make_grid, make_run
 
 import mirrorflow_jax as mf

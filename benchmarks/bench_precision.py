@@ -23,7 +23,8 @@ import sys
 import time
 
 import numpy as np
-from bench_core import QUICK, environment
+from _common import QUICK
+from bench_core import environment
 
 RUN = r"""
 import json, sys, time

@@ -28,17 +28,16 @@ import time
 import bench_core
 import diffrax
 import numpy as np
+from _common import load, steady_wall
 from bench_core import (
     Case,
     Row,
     compile_solve,
     diffrax_status,
-    load,
     markdown_rows,
     run_diffrax,
     run_scipy,
     setup,
-    steady_wall,
 )
 
 import mirrorflow_jax as mf

@@ -62,7 +62,8 @@ import equinox as eqx
 import jax
 import numpy as np
 import optimistix as optx
-from bench_core import FULL, QUICK, environment, load, steady_wall, timed
+from _common import FULL, QUICK, load, steady_wall, timed
+from bench_core import environment
 from jax.flatten_util import ravel_pytree
 
 import mirrorflow_jax as mf

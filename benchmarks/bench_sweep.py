@@ -39,7 +39,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench_core import BudgetExceeded, CountingField, load, timed
+from _common import BudgetExceeded, CountingField, load, timed
 from jax.flatten_util import ravel_pytree
 from scipy.integrate import solve_ivp
 
