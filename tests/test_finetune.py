@@ -133,7 +133,7 @@ def test_tiny_run_variables_reproducibility_resume_and_sgd_gap(tmp_path):
     ],
 )
 def test_bad_config_values_raise_naming_the_field(field, value):
-    with pytest.raises(ValueError, match=f"Config.{field}"):
+    with pytest.raises(ValueError, match=f"`{field}` must"):
         dataclasses.replace(ft.Config(), **{field: value})
 
 

@@ -15,6 +15,9 @@ full-size run, with a ``quick:`` block of overrides for ``--quick``). It provide
 - ``figures(ds) -> dict[str, matplotlib.figure.Figure]``: named figures of the result (build them
   with ``matplotlib.figure.Figure``, not pyplot, so that no global state is touched);
 - ``checks(ds) -> list[Check]``: every prediction the run tested, measured against predicted.
+
+Configs validate their fields with `check_int`, `check_range` and `check_numbers` from here,
+one path for every experiment: each raises ValueError naming the field and its valid range.
 """
 
 import dataclasses
@@ -22,6 +25,30 @@ import os
 import pathlib
 
 import numpy as np
+
+from mirrorflow_jax._validate import brief, check_int as _check_int_from, check_range
+
+__all__ = ["Check", "check_int", "check_numbers", "check_range", "checkpoint_dir", "within"]
+
+
+def check_int(name: str, value, lo: int, hi: int | None = None):
+    """Raise ValueError unless ``value`` is an integer in [lo, hi] (hi None: ≥ lo)."""
+    _check_int_from(name, value, lo)
+    if hi is not None and value > hi:
+        raise ValueError(f"`{name}` must be an integer in [{lo}, {hi}]; got {brief(value)}.")
+
+
+def check_numbers(
+    name: str, values, lo: float, hi: float = np.inf, *, lo_open: bool = False, integer=False
+):
+    """Raise ValueError unless ``values`` is a non-empty sequence of finite numbers (integers
+    where ``integer``) in [lo, hi] (or (lo, hi] where ``lo_open``)."""
+    kind = int | np.integer if integer else int | float | np.integer | np.floating
+    fine = [isinstance(v, kind) and not isinstance(v, bool) for v in values]
+    if not values or not all(fine) or not np.all(np.isfinite(np.asarray(values, float))):
+        what = "integers" if integer else "finite numbers"
+        raise ValueError(f"`{name}` must be a non-empty list of {what}; got {brief(values)}.")
+    check_range(name, values, lo, hi, lo_open=lo_open)
 
 
 @dataclasses.dataclass(frozen=True)

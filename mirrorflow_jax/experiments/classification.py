@@ -50,9 +50,8 @@ import xarray as xr
 
 import mirrorflow_jax as mf
 from mirrorflow_jax._margins import min_weighted_l1_separator
-from mirrorflow_jax._validate import check_int, check_range
 
-from ._base import Check, checkpoint_dir, within
+from ._base import Check, check_int, check_range, checkpoint_dir, within
 
 P = {"l2": 2.0, "l1": 1.0, "linf": np.inf}  # the convex geometries, by name
 

@@ -28,7 +28,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 import mirrorflow_jax as mf
 from mirrorflow_jax._progress import Progress  # the sweeps' reporter: bar or log lines
-from mirrorflow_jax.experiments._base import Check
+from mirrorflow_jax.experiments._base import Check, check_int, check_numbers, check_range
 
 OPTIMIZERS = ("sgd_small", "sgd_tuned", "adam_small", "adamw_small", "sign_small")
 NUM_DIGITS = 10
@@ -79,57 +79,26 @@ class Config:
     def __post_init__(self):
         for name in ("sgd_rates", "init_scales", "factor_depths"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        _check_int("num_seeds", self.num_seeds, 2)
-        _check_int("seed", self.seed, 0)
-        _check_int("pretrain_classes", self.pretrain_classes, 2, NUM_DIGITS - 2)
-        _check_int("finetune_train", self.finetune_train, 10, 700)
-        _check_int("width", self.width, 2)
-        _check_int("hidden_layers", self.hidden_layers, 1)
+        check_int("num_seeds", self.num_seeds, 2)
+        check_int("seed", self.seed, 0)
+        check_int("pretrain_classes", self.pretrain_classes, 2, NUM_DIGITS - 2)
+        check_int("finetune_train", self.finetune_train, 10, 700)
+        check_int("width", self.width, 2)
+        check_int("hidden_layers", self.hidden_layers, 1)
         for name in ("pretrain_steps", "finetune_steps"):
-            _check_int(name, getattr(self, name), 1)
-        _check_int("hessian_k", self.hessian_k, 1)
-        _check_int("lanczos_iters", self.lanczos_iters, 2 * self.hessian_k)
-        _check_int("num_saves", self.num_saves, 2)
+            check_int(name, getattr(self, name), 1)
+        check_int("hessian_k", self.hessian_k, 1)
+        check_int("lanczos_iters", self.lanczos_iters, 2 * self.hessian_k)
+        check_int("num_saves", self.num_saves, 2)
         for name in ("pretrain_lr", "small_lr", "factor_lr"):
-            _check_float(name, getattr(self, name), 0.0, open_low=True)
+            check_range(name, getattr(self, name), 0.0, lo_open=True)
         for name in ("weight_decay", "head_init_scale"):
-            _check_float(name, getattr(self, name), 0.0)
-        _check_float("factor_weight_decay", self.factor_weight_decay, 0.0, open_low=True)
-        _check_float("sparsity_threshold", self.sparsity_threshold, 0.0, 1.0, open_low=True)
-        _check_values("sgd_rates", self.sgd_rates, lambda v: _is_number(v) and v > 0, "> 0")
-        _check_values("init_scales", self.init_scales, lambda v: _is_number(v) and v >= 0, ">= 0")
-        _check_values("factor_depths", self.factor_depths, lambda v: _is_int(v) and v >= 1, ">= 1")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
-
-
-def _check_int(name, value, lo, hi=None):
-    if not _is_int(value) or value < lo or (hi is not None and value > hi):
-        bound = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"Config.{name} must be an integer {bound}; got {value!r}.")
-
-
-def _check_float(name, value, lo, hi=math.inf, *, open_low=False):
-    low_ok = _is_number(value) and (value > lo if open_low else value >= lo)
-    if not (low_ok and value <= hi):
-        left = "(" if open_low else "["
-        right = "]" if math.isfinite(hi) else ")"
-        raise ValueError(
-            f"Config.{name} must be a number in {left}{lo}, {hi}{right}; got {value!r}."
-        )
-
-
-def _check_values(name, values, ok, rule):
-    if not values or not all(ok(v) for v in values):
-        raise ValueError(
-            f"Config.{name} must be a non-empty list of numbers {rule}; got {list(values)!r}."
-        )
+            check_range(name, getattr(self, name), 0.0)
+        check_range("factor_weight_decay", self.factor_weight_decay, 0.0, lo_open=True)
+        check_range("sparsity_threshold", self.sparsity_threshold, 0.0, 1.0, lo_open=True)
+        check_numbers("sgd_rates", self.sgd_rates, 0.0, lo_open=True)
+        check_numbers("init_scales", self.init_scales, 0.0)
+        check_numbers("factor_depths", self.factor_depths, 1, integer=True)
 
 
 # ----------------------------------------------------------------------------- data and model

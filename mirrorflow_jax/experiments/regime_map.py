@@ -17,10 +17,9 @@ import numpy as np
 import xarray as xr
 
 import mirrorflow_jax as mf
-from mirrorflow_jax._validate import check_range
 
 from . import saddle_escape
-from ._base import Check, within
+from ._base import Check, check_range, within
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,9 +33,8 @@ import optimistix as optx
 import xarray as xr
 
 import mirrorflow_jax as mf
-from mirrorflow_jax._validate import check_int, check_range
 
-from ._base import Check, checkpoint_dir, loglog_slope, within
+from ._base import Check, check_int, check_range, checkpoint_dir, loglog_slope, within
 
 FAMILIES = ("balanced", "random", "saddle")
 Family = Literal["balanced", "random", "saddle"]

@@ -24,9 +24,8 @@ import numpy as np
 import xarray as xr
 
 import mirrorflow_jax as mf
-from mirrorflow_jax._validate import check_int, check_range
 
-from ._base import Check, checkpoint_dir, within
+from ._base import Check, check_int, check_range, checkpoint_dir, within
 
 
 @dataclasses.dataclass(frozen=True)

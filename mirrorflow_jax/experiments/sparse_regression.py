@@ -42,9 +42,8 @@ import optimistix as optx
 import xarray as xr
 
 import mirrorflow_jax as mf
-from mirrorflow_jax._validate import check_int, check_range
 
-from ._base import Check, checkpoint_dir, within
+from ._base import Check, check_int, check_range, checkpoint_dir, within
 
 OPTIMIZERS = ("gd", "sign_descent", "adam")
 REFERENCE_FLOW = {"gd": "gf", "sign_descent": "signgf", "adam": "signgf"}

@@ -27,9 +27,8 @@ import numpy as np
 import xarray as xr
 
 import mirrorflow_jax as mf
-from mirrorflow_jax._validate import check_int, check_range
 
-from ._base import Check, within
+from ._base import Check, check_int, check_range, within
 
 Decay = typing.Literal["coupled", "decoupled"]
 
