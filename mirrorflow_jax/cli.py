@@ -94,7 +94,7 @@ def _demo(args) -> int:
     start = time.perf_counter()
     ds = demo.run()
     save_dataset(ds, out / "demo.nc")
-    demo.plot(ds).savefig(out / "demo.png", dpi=120)
+    demo.figures(ds)["demo"].savefig(out / "demo.png", dpi=120)
     print(demo.summary(ds))
     print(f"wrote {out / 'demo.nc'} and {out / 'demo.png'} in {time.perf_counter() - start:.1f} s")
     return 0

@@ -5,7 +5,7 @@ import mirrorflow_jax as mf
 from mirrorflow_jax.cli import main
 from mirrorflow_jax.experiments import demo
 
-SMALL = demo.DemoConfig(alphas=(1e-3, 1e-2, 1e-1), n=6, d=8, k=2, t1=5.0, num_saves=6)
+SMALL = demo.Config(alphas=(1e-3, 1e-2, 1e-1), n=6, d=8, k=2, t1=5.0, num_saves=6)
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +38,14 @@ def test_netcdf_round_trip(small_demo, tmp_path):
     assert not list(tmp_path.glob("*.tmp")), "no temporary files left behind"
 
 
-def test_plot_and_summary(small_demo):
-    fig = demo.plot(small_demo)
+def test_figures_checks_and_summary(small_demo):
+    """The demo follows the experiment contract: named figures, and checks of its predictions
+    (each a `Check` that holds on the small config)."""
+    (fig,) = demo.figures(small_demo).values()
     assert len(fig.axes) == 2
+    checks = demo.checks(small_demo)
+    assert len(checks) == 5  # ok, three escape regimes, the monotone sign-flow loss
+    assert all(c.held for c in checks), [c for c in checks if not c.held]
     text = demo.summary(small_demo)
     assert "~log(1/alpha)" in text and "constant (0)" in text
 

@@ -6,6 +6,9 @@ Two panels, both from real solves:
    sign flow (q = 1), q = 1.5 and gradient flow (q = 2) at depth 3, one vmapped solve per flow,
    next to the predicted exponents of docs/theory.md §5;
 2. loss curves on a seeded sparse regression with the signed deep diagonal model.
+
+It follows the experiment contract (`Config`, `run`, `figures`, `checks`); ``mirrorflow demo``
+runs it with the defaults and prints `summary`.
 """
 
 import dataclasses
@@ -18,9 +21,11 @@ import xarray as xr
 
 import mirrorflow_jax as mf
 
+from ._base import Check, loglog_slope, within
+
 
 @dataclasses.dataclass(frozen=True)
-class DemoConfig:
+class Config:
     depth: int = 3
     alphas: tuple[float, ...] = tuple(np.logspace(-3, -1, 9).tolist())
     qs: tuple[float, ...] = (1.0, 1.5, 2.0)
@@ -34,7 +39,7 @@ class DemoConfig:
     seed: int = 0
 
 
-def _escape_times(q: float, config: DemoConfig) -> mf.FlowSolution:
+def _escape_times(q: float, config: Config) -> mf.FlowSolution:
     flow = mf.SteepestFlow(mf.Lp(q))
 
     def solve(alpha):
@@ -44,7 +49,7 @@ def _escape_times(q: float, config: DemoConfig) -> mf.FlowSolution:
     return jax.vmap(solve)(jnp.asarray(config.alphas))
 
 
-def _regression_curve(q: float, problem, config: DemoConfig) -> mf.FlowSolution:
+def _regression_curve(q: float, problem, config: Config) -> mf.FlowSolution:
     eps = config.eps if q == 1.0 else 0.0
     flow = mf.SteepestFlow(mf.Lp(q, eps))
     model = mf.SignedDeepDiagonal.scaled(config.init_scale, depth=config.depth, dim=config.d)
@@ -60,8 +65,9 @@ def _regression_curve(q: float, problem, config: DemoConfig) -> mf.FlowSolution:
     )
 
 
-def run(config: DemoConfig = DemoConfig()) -> xr.Dataset:
-    """Solve both panels and return them as one labelled Dataset."""
+def run(config: Config = Config(), *, workdir=None, progress: bool = False) -> xr.Dataset:
+    """Solve both panels and return them as one labelled Dataset (a few solves, no
+    checkpoints: ``workdir`` and ``progress`` are accepted for the contract and unused)."""
     problem = mf.sparse_regression(jax.random.key(config.seed), n=config.n, d=config.d, k=config.k)
     escapes = [_escape_times(q, config) for q in config.qs]
     curves = [_regression_curve(q, problem, config) for q in config.qs]
@@ -106,11 +112,13 @@ def predicted_curve(q: float, depth: int, alpha: np.ndarray, t_first: float) -> 
     return t_first * (alpha / alpha[0]) ** exponent
 
 
-def plot(ds: xr.Dataset):
-    """Escape time vs α (log-log, with the predicted slopes) and the regression loss curves."""
-    import matplotlib.pyplot as plt
+def figures(ds: xr.Dataset) -> dict:
+    """``{"demo": figure}``: escape time vs α (log-log, with the predicted slopes) and the
+    regression loss curves."""
+    from matplotlib.figure import Figure
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    left, right = fig.subplots(1, 2)
     alpha = ds.alpha.values
     for q in ds.q.values:
         times = ds.escape_time.sel(q=q).values
@@ -134,7 +142,36 @@ def plot(ds: xr.Dataset):
     )
     right.set(xlabel="t", ylabel="loss", title="Sparse regression, signed deep diagonal")
     right.legend()
-    return fig
+    return {"demo": fig}
+
+
+def checks(ds: xr.Dataset) -> list[Check]:
+    """Every solve finished; the escape time follows the regime `mf.escape_regime` predicts
+    (docs/theory.md §5): a log-log slope in α equal to the predicted exponent for the constant
+    and power regimes (0 for the sign flow, −1 for gradient flow at depth 3), and a slope of 1
+    against log(1/α) for the log regime; the sign flow's loss falls monotonically (to the
+    solver's rtol 1e-6) down to the accuracy floor."""
+    alpha, depth = ds.alpha.values, int(ds.attrs["depth"])
+    out = [
+        Check("every solve ok", str(bool(ds.escape_ok.all() & ds.regression_ok.all())), "True",
+              "-", bool(ds.escape_ok.all() & ds.regression_ok.all()))
+    ]  # fmt: skip
+    for q in ds.q.values:
+        times = ds.escape_time.sel(q=q).values
+        regime, exponent = mf.escape_regime(float(q), depth)
+        if regime == "log":
+            slope = loglog_slope(np.log(1 / alpha), times)
+            out.append(within(f"escape time ∝ log(1/α)^p, q = {q:g}", slope, 1.0, 0.25))
+        else:
+            slope = loglog_slope(alpha, times)
+            out.append(within(f"escape exponent, q = {q:g} ({regime})", slope, exponent, 0.15))
+    if 1.0 in ds.q.values:
+        loss = np.maximum(ds.loss.sel(q=1.0).values, LOSS_FLOOR)
+        rise = float(np.max(np.diff(loss) / loss[:-1]))
+        out.append(
+            Check("sign-flow loss monotone (largest relative rise)", rise, 0.0, 1e-6, rise <= 1e-6)
+        )
+    return out
 
 
 def summary(ds: xr.Dataset) -> str:
