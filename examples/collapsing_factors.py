@@ -1,7 +1,7 @@
 """Factors that collapse to 0: the structure-preserving sign flow from the balanced init at
-depth 2, and with coupled weight decay at depth 3. `Rodas4` stalls where the factors of a
-shrinking part reach 0 together; `SignFlowKvaerno3` parks them there and goes on (at depth 2
-the parked parts grow again later; under coupled decay at depth 3 they stay at 0)."""
+depth 2, without decay and with coupled weight decay. `Rodas4` stalls where the factors of a
+shrinking part reach 0 together; `SignFlowKvaerno3` parks them there and goes on (without decay
+the parked parts grow again later; under coupled decay they stay at 0)."""
 
 import jax
 import numpy as np
@@ -13,7 +13,7 @@ import mirrorflow_jax as mf  # noqa: E402
 problem = mf.sparse_regression(jax.random.key(0), n=10, d=20, k=3)
 cases = {
     "depth 2, no decay": (mf.SignedDeepDiagonal.scaled(1e-2, depth=2, dim=20), 0.0),
-    "depth 3, coupled decay 1e-2": (mf.SignedDeepDiagonal.scaled(0.5, depth=3, dim=20), 1e-2),
+    "depth 2, coupled decay 1e-2": (mf.SignedDeepDiagonal.scaled(0.5, depth=2, dim=20), 1e-2),
 }
 for name, (model, beta) in cases.items():
     flow = mf.SteepestFlow(mf.Lp(1.0, 1e-3), coupled_wd=beta)  # structure-preserving

@@ -5,9 +5,11 @@ import inspect
 import os
 import pathlib
 import re
+import runpy
 import subprocess
 import sys
 
+import jax
 import pytest
 
 import mirrorflow_jax as mf
@@ -42,6 +44,8 @@ EXPECTED = {
         "coupled decay 1e-2, SignFlowKvaerno3: ok True",
     ],
 }
+# Examples that need a process of their own (run in a subprocess, marked slow).
+OWN_PROCESS = {"sweep_devices.py", "multi_host_sweep.py"}
 IGNORED_ARGUMENTS = {"self", "args", "kwargs"}
 # What every docstring example may assume; it imports anything else it needs itself.
 DOCSTRING_PREAMBLE = (
@@ -101,7 +105,18 @@ def test_public_name_has_docstring_with_its_arguments(name):
     assert not missing, f"{name}: the docstring does not mention its arguments {missing}"
 
 
-@pytest.mark.parametrize("name", public_names())
+def names_with_docstring_examples() -> list[str]:
+    """The public names whose own docstring holds at least one ```python block."""
+    return [name for name in public_names() if python_blocks(own_docstring(getattr(mf, name)))]
+
+
+def test_docstring_examples_are_found():
+    names = names_with_docstring_examples()
+    assert len(names) >= 10, names
+    assert {"SteepestFlow", "sweep"} <= set(names), names
+
+
+@pytest.mark.parametrize("name", names_with_docstring_examples())
 def test_docstring_examples_run(name):
     """Code in docstrings is shown on the API pages: each block runs on its own."""
     for i, block in enumerate(python_blocks(own_docstring(getattr(mf, name)))):
@@ -135,20 +150,43 @@ def test_readme_links_to_the_docs():
     assert "docs/index.md" in (ROOT / "README.md").read_text()
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=lambda path: path.name)
-def test_example_runs(example, tmp_path):
-    env = dict(os.environ, MPLBACKEND="Agg")
-    done = subprocess.run(
-        [sys.executable, str(example)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+def _example_params() -> list:
+    """Each example, in this process unless it needs a process of its own: the multi-process
+    one starts two more, and the device sweep sets ``XLA_FLAGS`` before jax is imported."""
+    return [
+        pytest.param(path, id=path.name, marks=[pytest.mark.slow] * (path.name in OWN_PROCESS))
+        for path in EXAMPLES
+    ]
+
+
+@pytest.mark.parametrize("example", _example_params())
+def test_example_runs(example, tmp_path, monkeypatch, capsys):
+    if example.name in OWN_PROCESS:
+        env = dict(os.environ, MPLBACKEND="Agg")
+        done = subprocess.run(
+            [sys.executable, str(example)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        printed = done.stdout
+    else:
+        # As `python examples/NAME.py` in a fresh directory: its own __main__ namespace and
+        # argv, and JAX's default promotion rules (the suite's are strict).
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(sys, "argv", [str(example)])
+        try:
+            with jax.numpy_dtype_promotion("standard"):
+                runpy.run_path(str(example), run_name="__main__")
+        finally:
+            if "matplotlib.pyplot" in sys.modules:  # the figures an example left open
+                sys.modules["matplotlib.pyplot"].close("all")
+        printed = capsys.readouterr().out
     for expected in EXPECTED[example.name]:
-        assert expected in done.stdout, done.stdout
+        assert expected in printed, printed
 
 
 def test_mkdocs_build_is_strict_and_renders_the_api(tmp_path):
