@@ -74,7 +74,7 @@ def test_steepest_descent_matches_written_out_formula(smoothing):
             return g * (g * g + eps * eps) ** ((q - 2) / 2)
         return np.tanh(g / eps) * np.abs(g) ** (q - 1)
 
-    updates = _update(steepest_descent(lr, q, eps, smoothing=smoothing, weight_decay=decay))
+    updates = _update(steepest_descent(lr, q, eps, smoothing=smoothing, decoupled_wd=decay))
     for key in GRADS:
         expected = -lr * (phi(GRADS[key]) + decay * np.asarray(PARAMS[key]))
         np.testing.assert_allclose(updates[key], expected, rtol=1e-13, atol=1e-300)
@@ -90,7 +90,7 @@ def test_sign_descent_with_decay_is_adamw_without_memory():
     """AdamW with β1 = β2 = 0 and ε → 0 is sign descent with the same decoupled decay."""
     grads = {"a": jnp.array([1.5, -2.0, 0.5]), "b": jnp.array([[0.25, -1.0]])}
     params = {"a": jnp.array([0.5, -1.0, 2.0]), "b": jnp.array([[1.0, -2.0]])}
-    ours = _update(steepest_descent(0.1, 1.0, weight_decay=0.3), grads, params)
+    ours = _update(steepest_descent(0.1, 1.0, decoupled_wd=0.3), grads, params)
     with jax.numpy_dtype_promotion("standard"):  # optax's β**count under strict promotion
         adamw = _update(
             optax.adamw(0.1, b1=0.0, b2=0.0, eps=1e-13, weight_decay=0.3), grads, params
@@ -156,37 +156,72 @@ def test_grad_of_final_loss_through_the_runner_matches_finite_differences():
 # ----------------------------------------------------------------------------- gaps to flows
 
 
-@pytest.mark.parametrize(
-    "make_optimizer, flow",
-    [
-        (optax.sgd, mf.SteepestFlow(mf.Lp(2.0), smoothing_at="naive")),
-        (
-            lambda lr: steepest_descent(lr, 1.0, 0.1),
-            mf.SteepestFlow(mf.Lp(1.0, 0.1), smoothing_at="naive"),
-        ),
-        (
-            lambda lr: steepest_descent(lr, 1.5, weight_decay=0.3),
-            mf.SteepestFlow(mf.Lp(1.5), decoupled_wd=0.3, smoothing_at="naive"),
-        ),
-    ],
-    ids=["GD-GF", "smoothed sign descent-SignGF", "q=1.5 with decay"],
-)
-def test_gap_to_the_flow_halves_with_the_learning_rate(make_optimizer, flow):
+# name: (q, ε, decoupled decay α) of the discrete map and its flow (naive smoothing). q = 2,
+# ε = 0 is optax.sgd leaf for leaf (test_q2_is_sgd_and_q1_is_sign_sgd_leaf_for_leaf).
+GAP_CASES = {
+    "GD-GF": (2.0, 0.0, 0.0),
+    "smoothed sign descent-SignGF": (1.0, 0.1, 0.0),
+    "q=1.5 with decay": (1.5, 0.0, 0.3),
+}
+GAP_LRS = jnp.array([0.02, 0.01, 0.005])
+GAP_T1 = 2.0
+
+
+def _gap_setup():
     problem = small_regression()
-    model = mf.SignedDeepDiagonal.scaled(0.5, depth=3, dim=problem.dim)
-    t1 = 2.0
-    ts = jnp.linspace(0.0, t1, 5)
-    sol = mf.solve_flow(flow, model, problem, t1, saveat=ts, stepsize_controller=CONTROLLER)
-    assert bool(sol.ok)
-    lrs = jnp.array([0.02, 0.01, 0.005])
+    return mf.SignedDeepDiagonal.scaled(0.5, depth=3, dim=problem.dim), problem
 
-    def run(lr):
+
+@pytest.fixture(scope="module")
+def gap_flows():
+    """The three flows in one vmapped program (q, ε and α traced; one explicit solver, so
+    no switch over auto's candidates)."""
+    model, problem = _gap_setup()
+    ts = jnp.linspace(0.0, GAP_T1, 5)
+
+    def solve(q, eps, decay):
+        flow = mf.SteepestFlow(mf.Lp(q, eps), decoupled_wd=decay, smoothing_at="naive")
+        return mf.solve_flow(
+            flow,
+            model,
+            problem,
+            GAP_T1,
+            saveat=ts,
+            solver=diffrax.Tsit5(),
+            stepsize_controller=CONTROLLER,
+        )
+
+    columns = (jnp.array(column) for column in zip(*GAP_CASES.values(), strict=True))
+    return jax.jit(jax.vmap(solve))(*columns)
+
+
+@pytest.fixture(scope="module")
+def gap_runs():
+    """Every case at every learning rate: one vmapped program of 9 runs."""
+    model, problem = _gap_setup()
+    ts = jnp.linspace(0.0, GAP_T1, 5)
+
+    def run(q, eps, decay, lr):
         steps = steps_at_times(ts, lr)
-        return run_optimizer(make_optimizer(lr), model, problem, 400, save_steps=steps)
+        optimizer = steepest_descent(lr, q, eps, decoupled_wd=decay)
+        return run_optimizer(optimizer, model, problem, 400, save_steps=steps)
 
-    runs = jax.vmap(run)(lrs)
-    members = [jax.tree.map(operator.itemgetter(i), runs) for i in range(len(lrs))]
-    gaps = np.array([trajectory_gap(run, sol, lr) for run, lr in zip(members, lrs, strict=True)])
+    cases = jnp.array(list(GAP_CASES.values()))  # (3, 3)
+    q, eps, decay = (jnp.repeat(column, len(GAP_LRS)) for column in cases.T)
+    lrs = jnp.tile(GAP_LRS, len(GAP_CASES))
+    runs = jax.jit(jax.vmap(run))(q, eps, decay, lrs)
+    shape = (len(GAP_CASES), len(GAP_LRS))
+    return jax.tree.map(lambda leaf: leaf.reshape(shape + leaf.shape[1:]), runs)
+
+
+@pytest.mark.parametrize("case", list(GAP_CASES))
+def test_gap_to_the_flow_halves_with_the_learning_rate(gap_flows, gap_runs, case):
+    i = list(GAP_CASES).index(case)
+    sol = jax.tree.map(operator.itemgetter(i), gap_flows)
+    assert bool(sol.ok)
+    members = [jax.tree.map(lambda leaf, j=j: leaf[i, j], gap_runs) for j in range(len(GAP_LRS))]
+    pairs = zip(members, GAP_LRS, strict=True)
+    gaps = np.array([trajectory_gap(run, sol, lr) for run, lr in pairs])
     # measured: GD 0.0107, 0.0054, 0.0027; smoothed sign 0.0099, 0.0049, 0.0025;
     # q = 1.5 with decay 0.0038, 0.0019, 0.00094
     np.testing.assert_allclose(gaps[:-1] / gaps[1:], 2.0, rtol=0.1)
@@ -235,14 +270,11 @@ def test_exact_sign_descent_converges_in_x_but_not_in_the_factors():
     assert factor_gaps[-1] > 0.8 * factor_gaps[-3] > 0.01  # no longer shrinking
 
 
-def test_gap_checks_that_times_match():
-    problem = small_regression()
-    model = mf.SignedDeepDiagonal.scaled(0.5, depth=3, dim=problem.dim)
-    flow = mf.SteepestFlow(mf.Lp(2.0), smoothing_at="naive")  # compiled as in the test above
-    ts = jnp.linspace(0.0, 1.0, 5)
-    sol = mf.solve_flow(flow, model, problem, 1.0, saveat=ts, stepsize_controller=CONTROLLER)
-    run = run_optimizer(optax.sgd(0.25), model, problem, 4, save_steps=np.arange(5))
-    gap = trajectory_gap(run, sol, 0.25, space="params")
+def test_gap_checks_that_times_match(gap_flows):
+    model, problem = _gap_setup()
+    sol = jax.tree.map(operator.itemgetter(0), gap_flows)  # gradient flow, saved at t = k/2
+    run = run_optimizer(optax.sgd(0.5), model, problem, 4, save_steps=np.arange(5))
+    gap = trajectory_gap(run, sol, 0.5, space="params")
     expected = max(
         np.max(np.abs(run.params.u - sol.params.u)), np.max(np.abs(run.params.v - sol.params.v))
     )
@@ -330,7 +362,7 @@ def test_adam_without_memory_or_eps_approaches_sign_descent():
         (lambda: steepest_descent(0.0), r"`learning_rate` must lie in \(0.0, inf\)"),
         (lambda: steepest_descent(0.1, q=2.5), r"`q` must lie in \[1.0, 2.0\]"),
         (lambda: steepest_descent(0.1, eps=-1.0), r"`eps` must lie in \[0.0, inf\)"),
-        (lambda: steepest_descent(0.1, weight_decay=-1.0), r"`weight_decay` must lie in"),
+        (lambda: steepest_descent(0.1, decoupled_wd=-1.0), r"`decoupled_wd` must lie in"),
         (lambda: _run(num_steps=0), r"`num_steps` must be an integer >= 1"),
         (lambda: _run(save_steps=np.array([0, 11])), r"`save_steps` must be non-decreasing"),
         (lambda: _run(save_steps=np.array([3, 2])), r"`save_steps` must be non-decreasing"),

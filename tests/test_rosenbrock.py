@@ -32,7 +32,7 @@ def _model(kind, depth, dim, scale, seed=1):
         return mf.DeepDiagonal.random(key, depth=depth, dim=dim, scale=scale)
     if kind == "padded":
         model = mf.SignedDeepDiagonal.random(key, depth=depth + 2, dim=dim, scale=scale)
-        return mf.PaddedSignedDeepDiagonal.truncated(model, depth)
+        return mf.Padded(model, depth)
     return mf.SquareDiff.scaled(scale, dim=dim)
 
 
@@ -135,6 +135,33 @@ class _Decay(eqx.Module):
         return self.rate * (1 + jnp.sin(t))
 
 
+def _controller(rtol, atol):
+    """A PIDController whose tolerances are arrays: traced, so solves at other tolerances
+    reuse the compiled program (Python floats in it would be static)."""
+    return diffrax.PIDController(rtol=jnp.asarray(rtol), atol=jnp.asarray(atol))
+
+
+def _sign_flow(eps, place="structured", decay=0.0):
+    return mf.SteepestFlow(mf.Lp(1.0, eps), decoupled_wd=decay, smoothing_at=place)
+
+
+# Save times of every Rodas4 trajectory below (one length, so one program per structure).
+SAVES = 41
+
+
+def _rodas4(flow, model, loss, t1, controller, structure="structured"):
+    return mf.solve_flow(
+        flow,
+        model,
+        loss,
+        t1,
+        saveat=jnp.linspace(0.0, t1, SAVES),
+        solver=mf.Rodas4(structure=structure),
+        stepsize_controller=controller,
+        max_steps=20_000,
+    )
+
+
 @pytest.mark.parametrize("case", TRAJECTORY_CASES, ids=str)
 def test_rodas4_matches_radau_reference(case):
     place, structure, eps, scheduled, loss_kind = case
@@ -144,21 +171,11 @@ def test_rodas4_matches_radau_reference(case):
         else _classification("logistic", n=5, d=6)
     )
     decay = _Decay(jnp.asarray(0.05)) if scheduled else 0.0
-    flow = mf.SteepestFlow(mf.Lp(1.0, eps), decoupled_wd=decay, smoothing_at=place)
+    flow = _sign_flow(eps, place, decay)
     model = positive_signed_model(seed=7, depth=2, dim=6)
-    ts = jnp.linspace(0.0, 10.0, 6)
-    sol = mf.solve_flow(
-        flow,
-        model,
-        loss,
-        10.0,
-        saveat=ts,
-        solver=mf.Rodas4(structure=structure),
-        stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-12),
-        max_steps=20_000,
-    )
+    sol = _rodas4(flow, model, loss, 10.0, _controller(1e-10, 1e-12), structure)
     assert bool(sol.ok)
-    reference = radau_reference(flow, model, loss, ts)
+    reference = radau_reference(flow, model, loss, np.linspace(0.0, 10.0, SAVES))
     scale = np.maximum(np.abs(reference), 1.0)
     assert np.max(np.abs(np.asarray(sol.x) - reference) / scale) <= 1e-6
 
@@ -177,9 +194,13 @@ def test_rodas4_is_fourth_order():
         y0,
         stepsize_controller=diffrax.PIDController(rtol=1e-13, atol=1e-14),
     ).ys[-1]
+    # dt0 as an array: one compiled program for the three step sizes
     errors = [
         float(
-            jnp.abs(diffrax.diffeqsolve(term, mf.Rodas4(), 0.0, 1.0, dt, y0).ys[-1] - reference)[0]
+            jnp.abs(
+                diffrax.diffeqsolve(term, mf.Rodas4(), 0.0, 1.0, jnp.asarray(dt), y0).ys[-1]
+                - reference
+            )[0]
         )
         for dt in (0.1, 0.05, 0.025)
     ]
@@ -188,29 +209,22 @@ def test_rodas4_is_fourth_order():
 
 
 def test_dense_output_is_accurate_between_steps():
-    """Save times between Rodas4 steps come from its dense output, accurate to tolerance."""
+    """Save times between Rodas4 steps come from its dense output, accurate to tolerance
+    (the program of the trajectory test above, at a loose tolerance: long steps)."""
     loss = small_regression(seed=5, n=5, d=6)
-    model = positive_signed_model(seed=2, depth=3, dim=6)
-    flow = mf.SteepestFlow(mf.Lp(1.0, 1e-2))
-    ts = jnp.linspace(0.0, 5.0, 41)
-    tight = diffrax.PIDController(rtol=1e-11, atol=1e-13)
-    rodas = mf.solve_flow(
-        flow,
-        model,
-        loss,
-        5.0,
-        saveat=ts,
-        solver=mf.Rodas4(),
-        stepsize_controller=diffrax.PIDController(rtol=1e-7, atol=1e-9),
-    )
-    reference = mf.solve_flow(flow, model, loss, 5.0, saveat=ts, stepsize_controller=tight)
-    assert np.max(np.abs(np.asarray(rodas.x - reference.x))) <= 1e-5
+    model = positive_signed_model(seed=2, depth=2, dim=6)
+    flow = _sign_flow(1e-2)
+    rodas = _rodas4(flow, model, loss, 5.0, _controller(1e-7, 1e-9))
+    assert bool(rodas.ok)
+    reference = radau_reference(flow, model, loss, np.linspace(0.0, 5.0, SAVES))
+    assert np.max(np.abs(np.asarray(rodas.x) - reference)) <= 1e-5
 
 
 def test_vmap_over_eps_and_event_derivative():
     """Saddle escape of the smoothed sign flow on the scalar toy: vmapped over ε it equals a
     lone solve, and d(escape time)/dε (forward mode through the event) matches finite
-    differences."""
+    differences. Two programs: the lone solve, and the vmapped forward-mode solve whose
+    members also give the finite differences."""
     model = mf.DeepDiagonal.scaled(0.1, depth=2, dim=1)
 
     @jax.jit
@@ -227,15 +241,14 @@ def test_vmap_over_eps_and_event_derivative():
         )
         return sol.event_time
 
-    eps = jnp.array([1e-1, 1e-2])
-    batched = jax.vmap(escape_time)(eps)
+    step = 1e-4
+    eps = jnp.array([1e-1, 1e-2, 1e-1 + step, 1e-1 - step])
+    batched, slopes = jax.vmap(lambda e: jax.jvp(escape_time, (e,), (jnp.ones_like(e),)))(eps)
     assert np.all(np.isfinite(batched))
     np.testing.assert_allclose(batched[1], escape_time(eps[1]), rtol=1e-10)
-    _, slope = jax.jvp(escape_time, (eps[0],), (jnp.ones_like(eps[0]),))
-    step = 1e-4
-    finite_difference = (escape_time(eps[0] + step) - escape_time(eps[0] - step)) / (2 * step)
-    assert abs(float(slope)) > 0
-    np.testing.assert_allclose(slope, finite_difference, rtol=1e-4)
+    finite_difference = (batched[2] - batched[3]) / (2 * step)
+    assert abs(float(slopes[0])) > 0
+    np.testing.assert_allclose(slopes[0], finite_difference, rtol=1e-4)
 
 
 def test_failed_linear_solves_reject_steps():
@@ -268,15 +281,23 @@ def test_bad_solver_setup_is_rejected():
 
 
 def test_eps_sensitivity_reports_each_endpoint():
-    loss = small_regression(seed=8, n=4, d=5)
-    model = positive_signed_model(seed=3, depth=2, dim=5)
-    flow = mf.SteepestFlow(mf.Lp(1.0, 0.5))
+    loss = small_regression(seed=8, n=5, d=6)
+    model = positive_signed_model(seed=3, depth=2, dim=6)
+    flow = _sign_flow(0.5)
     eps = [1e-1, 1e-2, 1e-3]
-    ds = mf.eps_sensitivity(flow, model, loss, 10.0, eps, solver=mf.Rodas4())
-    assert bool(ds.ok.all()) and ds.attrs["solver"] == "Rodas4"
-    single = mf.solve_flow(
-        mf.SteepestFlow(mf.Lp(1.0, 1e-2)), model, loss, 10.0, solver=mf.Rodas4()
+    controller = _controller(1e-8, 1e-10)
+    ds = mf.eps_sensitivity(
+        flow,
+        model,
+        loss,
+        10.0,
+        eps,
+        solver=mf.Rodas4(structure="structured"),
+        stepsize_controller=controller,
+        max_steps=20_000,
     )
+    assert bool(ds.ok.all()) and ds.attrs["solver"] == "Rodas4"
+    single = _rodas4(_sign_flow(1e-2), model, loss, 10.0, controller)  # the program above
     np.testing.assert_allclose(ds.x_final.sel(eps=1e-2), single.x[-1], rtol=1e-9, atol=1e-12)
     distances = ds.distance_to_smallest_eps.values
     assert distances[-1] == 0.0 and distances[0] > distances[1] > 0.0
