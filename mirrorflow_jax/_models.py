@@ -444,7 +444,12 @@ def padding_mask(params) -> AbstractReparam:
 
 
 class PaddedDeepDiagonal:
-    """Deprecated: ``Padded(model, depth)`` pads any deep model."""
+    """Deprecated: `Padded` pads any deep model.
+
+    ``PaddedDeepDiagonal.truncated(model, depth)`` returns ``Padded(model, depth)`` (the first
+    ``depth`` layers of ``model``, padded to its depth) and warns; it will be removed in the
+    next release.
+    """
 
     @staticmethod
     def truncated(model: DeepDiagonal, depth) -> Padded:
@@ -458,7 +463,12 @@ class PaddedDeepDiagonal:
 
 
 class PaddedSignedDeepDiagonal:
-    """Deprecated: ``Padded(model, depth)`` pads any deep model."""
+    """Deprecated: `Padded` pads any deep model.
+
+    ``PaddedSignedDeepDiagonal.truncated(model, depth)`` returns ``Padded(model, depth)`` (the first
+    ``depth`` layers of ``model``, padded to its depth) and warns; it will be removed in the
+    next release.
+    """
 
     @staticmethod
     def truncated(model: SignedDeepDiagonal, depth) -> Padded:
