@@ -1,6 +1,7 @@
 """Sweeps: run one function over a grid of hyperparameters as one compiled program, on one
 device or many, checkpointed chunk by chunk, and label the results as an `xarray.Dataset`."""
 
+import collections
 import dataclasses
 import inspect
 import math
@@ -322,6 +323,20 @@ def _put(tree, sharding: NamedSharding):
     )
 
 
+# Compiled sweep programs of this process, by program: each sweep call traces its function
+# anew into a jaxpr, and the same function and grid axes give the same jaxpr, so a later call
+# (a rerun, a resume, a job-array shard, new values on the same axes) reuses the executable
+# instead of compiling it again. Keyed on the printed jaxpr, the argument shapes and the
+# placement; the few most recent are kept.
+_COMPILED: "collections.OrderedDict[tuple, tuple[ClosedJaxpr, Any]]" = collections.OrderedDict()
+_COMPILED_LIMIT = 8
+
+
+def _avals(tree) -> tuple:
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((x.shape, str(x.dtype)) for x in leaves)
+
+
 @dataclasses.dataclass
 class _Runner:
     """Compiles the program on first use and runs chunks of members through it."""
@@ -340,8 +355,24 @@ class _Runner:
         self.consts = _put(
             list(self.traced.jaxpr.consts), NamedSharding(self.mesh, PartitionSpec())
         )
-        program = _program(self.traced, self.strategy, self.batch_size, self.mesh)
-        self.compiled = program.trace(self.consts, values).lower().compile()
+        key = (
+            str(self.traced.jaxpr.jaxpr),
+            _avals((self.consts, values)),
+            self.strategy,
+            self.batch_size,
+            self.mesh,
+        )
+        if key in _COMPILED:
+            _COMPILED.move_to_end(key)
+            self.compiled = _COMPILED[key][1]
+        else:
+            program = _program(self.traced, self.strategy, self.batch_size, self.mesh)
+            self.compiled = program.trace(self.consts, values).lower().compile()
+            # The entry keeps the jaxpr alive, so every object it refers to stays alive and
+            # its printed form can only match the same program.
+            _COMPILED[key] = (self.traced.jaxpr, self.compiled)
+            while len(_COMPILED) > _COMPILED_LIMIT:
+                _COMPILED.popitem(last=False)
         self.compile_seconds = time.perf_counter() - start
 
     def __call__(self, members: dict[str, np.ndarray]) -> list[np.ndarray]:
