@@ -164,5 +164,7 @@ def test_weight_decay_is_a_deprecated_name_of_decoupled_wd():
     for optimizer in (renamed, mf.steepest_descent(0.1, 1.0, decoupled_wd=0.3)):
         updates, _ = optimizer.update(grads, optimizer.init(params), params)
         np.testing.assert_allclose(updates, -0.1 * (jnp.sign(grads) + 0.3 * params), rtol=1e-15)
-    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="`weight_decay` must"):
-        AdamFlow(1.0, 1.0, weight_decay=-1.0)
+    for old in (lambda: AdamFlow(1.0, 1.0, weight_decay=-1.0),
+                lambda: mf.steepest_descent(0.1, weight_decay=-1.0)):  # fmt: skip
+        with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="`weight_decay`"):
+            old()
