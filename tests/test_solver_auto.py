@@ -19,6 +19,21 @@ def problem():
     return mf.sparse_regression(jax.random.key(0), n=10, d=20, k=2)
 
 
+@pytest.fixture(scope="module")
+def deep_problem():
+    return mf.sparse_regression(jax.random.key(0), n=20, d=40, k=3)
+
+
+def _deep(q, problem, *, eps=1e-3, alpha=0.3, t1=2.0, solver="auto"):
+    """The naive smoothed flow of a depth-3 deep diagonal model on ``deep_problem``: every
+    solve of it takes one of three programs (SignFlowKvaerno3, Rodas4, the watched Tsit5,
+    whether auto chose it or it was given), shared by the tests of traced q and of the
+    stiffness check; α, t1, q and ε are values of those programs."""
+    flow = mf.SteepestFlow(mf.Lp(q, eps), smoothing_at="naive")
+    model = mf.DeepDiagonal.scaled(alpha, depth=3, dim=40)
+    return mf.solve_flow(flow, model, problem, t1, solver=solver)
+
+
 def chosen(flow, params, loss):
     return choose_solver(flow, params, loss, PID).names
 
@@ -84,58 +99,66 @@ def test_auto_takes_the_controllers_tolerances_and_settles_the_unknowns(problem)
     assert unknowns == ["entry"]
 
 
-def test_traced_q_chooses_per_member_and_matches_concrete_solves(problem):
-    """Under jit with q traced, the solution names every candidate, `solver_index` says which
-    ran, and each member equals the solve with q concrete (same solver, same steps)."""
-    model = mf.SignedDeepDiagonal.scaled(0.1, depth=2, dim=20)
+QS = (1.0, 1.5, 2.0)  # one q per candidate: SignFlowKvaerno3, Rodas4 and Tsit5 at ε = 1e-3
 
-    def solve(q):
-        return mf.solve_flow(mf.SteepestFlow(mf.Lp(q, 1e-3)), model, problem, 2.0)
 
-    traced = jax.jit(solve)
-    names = None
-    for q in (1.0, 1.5, 2.0):
-        sol, reference = traced(q), solve(q)
-        names = sol.solver.split("|")
-        assert names[int(sol.solver_index)] == reference.solver
-        assert bool(sol.ok) and bool(reference.ok)
-        np.testing.assert_allclose(sol.x[-1], reference.x[-1], rtol=0, atol=1e-9)
+@pytest.fixture(scope="module")
+def concrete(deep_problem):
+    """The solve at each q of QS with q concrete (one solver each), shared by the tests of
+    traced q below."""
+    return [_deep(q, deep_problem) for q in QS]
+
+
+@pytest.fixture(scope="module")
+def swept(deep_problem):
+    """One sweep over q (traced, lax.map: one member at a time inside one jitted program),
+    shared by the tests of the per-member choice and of its record in the sweep."""
+
+    def run(q):
+        return _deep(q, deep_problem)
+
+    return mf.sweep(run, mf.Grid(q=list(QS)), strategy="map")
+
+
+def test_traced_q_chooses_per_member_and_matches_concrete_solves(swept, concrete):
+    """Under jit with q traced (a sweep's lax.map over q), the solution names every
+    candidate, `solver_index` says which ran, and each member equals the solve with q
+    concrete (same solver, same steps)."""
+    names = swept.attrs["solvers"]
     assert set(names) == {"Tsit5", "SignFlowKvaerno3", "Rodas4"}
+    for q, reference in zip(QS, concrete, strict=True):
+        member = swept.sel(q=q)
+        assert names[int(member.solver_index)] == reference.solver, q
+        assert bool(member.ok) and bool(reference.ok), q
+        assert int(member.num_steps) == int(reference.num_steps), q
+        np.testing.assert_allclose(
+            member.x.values[-1], reference.x[-1], rtol=0, atol=1e-9, err_msg=f"q = {q}"
+        )
 
 
-def test_vmapped_members_each_run_their_own_solver(problem):
+def test_vmapped_members_each_run_their_own_solver(deep_problem, concrete):
     """Under vmap every branch of the switch runs: a branch must be idle for the members it
     does not take (its checks pass, zero steps), so that each member equals its own solve."""
-    model = mf.SignedDeepDiagonal.scaled(0.1, depth=2, dim=20)
-
-    def solve(q):
-        return mf.solve_flow(mf.SteepestFlow(mf.Lp(q, 1e-3)), model, problem, 2.0)
-
-    qs = jnp.array([1.0, 1.5, 2.0])
-    batched = jax.vmap(solve)(qs)
-    for i, q in enumerate(qs):
-        reference = solve(float(q))
+    batched = jax.vmap(lambda q: _deep(q, deep_problem))(jnp.array(QS))
+    for i, reference in enumerate(concrete):
         # The same solver and steps up to the rounding a batched program reorders (its matrix
-        # products sum in another order): the adaptive steps then differ slightly (measured
-        # 854 vs 847) and the endpoints agree to the solves' global accuracy (1.4e-6 measured
-        # at rtol 1e-8; an idle-branch leak or a wrong solver would be O(1e-2) or more).
+        # products sum in another order): the adaptive steps may then differ slightly
+        # (measured 854 vs 847 on a depth-2 signed model; here equal, endpoints 1e-15 apart)
+        # and the endpoints agree to the solves' global accuracy (1.4e-6 measured there at
+        # rtol 1e-8; an idle-branch leak or a wrong solver would be O(1e-2) or more).
         assert abs(int(batched.num_steps[i]) - int(reference.num_steps)) <= 0.02 * int(
             reference.num_steps
+        ), QS[i]
+        np.testing.assert_allclose(
+            batched.x[i, -1], reference.x[-1], rtol=0, atol=1e-5, err_msg=f"q = {QS[i]}"
         )
-        np.testing.assert_allclose(batched.x[i, -1], reference.x[-1], rtol=0, atol=1e-5)
     assert bool(batched.ok.all())
 
 
-def test_sweep_records_the_choice(problem):
-    model = mf.SignedDeepDiagonal.scaled(0.1, depth=2, dim=20)
-
-    def run(q):
-        return mf.solve_flow(mf.SteepestFlow(mf.Lp(q, 1e-3)), model, problem, 1.0)
-
-    ds = mf.sweep(run, mf.Grid(q=[1.0, 2.0]))
-    chosen_names = [ds.attrs["solvers"][int(i)] for i in ds.solver_index.values]
-    assert chosen_names == ["SignFlowKvaerno3", "Tsit5"]
-    assert bool(ds.ok.all())
+def test_sweep_records_the_choice(swept):
+    chosen_names = [swept.attrs["solvers"][int(i)] for i in swept.solver_index.values]
+    assert chosen_names == ["SignFlowKvaerno3", "Rodas4", "Tsit5"]
+    assert bool(swept.ok.all())
 
 
 def test_solver_argument_is_checked_before_tracing(problem):
@@ -149,21 +172,18 @@ def test_solver_argument_is_checked_before_tracing(problem):
         )
 
 
-def test_explicit_solver_in_a_stiff_regime_is_reported_not_ok():
+def test_explicit_solver_in_a_stiff_regime_is_reported_not_ok(deep_problem):
     """Tsit5 on the naive smoothed sign flow (ε = 1e-3) of a deep diagonal model: its steps
     are held by stability in the smoothing layer near the minimum. Before the check such
     solves reported `ok` while ending far from the truth (4e-2 on a 40×100 problem); now the
     stiffness check ends them with `stiff`, and the default choice solves them."""
-    problem = mf.sparse_regression(jax.random.key(0), n=20, d=40, k=3)
-    model = mf.DeepDiagonal.scaled(0.01, depth=3, dim=40)
-    flow = mf.SteepestFlow(mf.Lp(1.0, 1e-3), smoothing_at="naive")
-    explicit = mf.solve_flow(flow, model, problem, 50.0, solver=diffrax.Tsit5())
+    explicit = _deep(1.0, deep_problem, alpha=0.01, t1=50.0, solver=diffrax.Tsit5())
     assert explicit.result == mf.RESULTS.stiff and not bool(explicit.ok)
     assert int(explicit.num_steps) < 5_000  # ended early, not at max_steps
-    default = mf.solve_flow(flow, model, problem, 50.0)
+    default = _deep(1.0, deep_problem, alpha=0.01, t1=50.0)
     assert default.solver == "SignFlowKvaerno3" and bool(default.ok)
     # Gradient flow on the same problem is not stiff for Tsit5: not flagged.
-    gf = mf.solve_flow(mf.SteepestFlow(mf.Lp(2.0)), model, problem, 50.0, solver=diffrax.Tsit5())
+    gf = _deep(2.0, deep_problem, eps=0.0, alpha=0.01, t1=50.0, solver=diffrax.Tsit5())
     assert bool(gf.ok)
 
 
@@ -173,33 +193,28 @@ def test_stiffness_check_fires_on_a_linear_stiff_problem():
     directly); y' = −(y − cos t) is not."""
     from mirrorflow_jax._solver.stiffness import StiffnessCheck, is_stiff
 
-    term = diffrax.ODETerm(lambda t, y, args: -1000.0 * (y - jnp.cos(t)))
+    term = diffrax.ODETerm(lambda t, y, rate: -rate * (y - jnp.cos(t)))
     solver = StiffnessCheck(diffrax.Tsit5())
     loose = diffrax.PIDController(rtol=1e-6, atol=1e-9)  # stability-bound, not accuracy-bound
-    sol = diffrax.diffeqsolve(
-        term,
-        solver,
-        0.0,
-        10.0,
-        None,
-        jnp.array([0.0]),
-        stepsize_controller=loose,
-        saveat=diffrax.SaveAt(t1=True, solver_state=True),
-        throw=False,
-    )
-    assert bool(is_stiff(solver, sol.solver_state))
-    mild = diffrax.ODETerm(lambda t, y, args: -(y - jnp.cos(t)))
-    sol = diffrax.diffeqsolve(
-        mild,
-        solver,
-        0.0,
-        10.0,
-        None,
-        jnp.array([0.0]),
-        stepsize_controller=loose,
-        saveat=diffrax.SaveAt(t1=True, solver_state=True),
-    )
-    assert not bool(is_stiff(solver, sol.solver_state))
+
+    def solve(rate):  # one program for both rates
+        return diffrax.diffeqsolve(
+            term,
+            solver,
+            0.0,
+            10.0,
+            None,
+            jnp.array([0.0]),
+            args=jnp.asarray(rate),
+            stepsize_controller=loose,
+            saveat=diffrax.SaveAt(t1=True, solver_state=True),
+            throw=False,
+        )
+
+    assert bool(is_stiff(solver, solve(1000.0).solver_state))
+    mild = solve(1.0)
+    assert mild.result == diffrax.RESULTS.successful
+    assert not bool(is_stiff(solver, mild.solver_state))
 
 
 # ----------------------------------------------------------------------------- Rodas4's contract
@@ -209,24 +224,22 @@ def test_rodas4_integrates_backwards_in_time():
     """t1 < t0: diffrax flips time and puts the sign in the control, which Rodas4 must follow
     (it used to integrate y' = +f there). Compared with Kvaerno5 and the closed forms."""
     controller = diffrax.PIDController(rtol=1e-8, atol=1e-8)
-    for field, exact in [
-        (lambda t, y, a: -y, np.e),
-        (lambda t, y, a: -t * y, np.exp(2.0)),  # t-dependent: ∂f/∂t in the stages
-    ]:
-        t0 = 1.0 if exact == np.e else 2.0
-        ends = [
-            diffrax.diffeqsolve(
-                diffrax.ODETerm(field),
-                solver,
-                t0,
-                0.0,
-                None,
-                jnp.array([1.0]),
-                stepsize_controller=controller,
-            ).ys[-1, 0]
-            for solver in (mf.Rodas4(), diffrax.Kvaerno5())
-        ]
-        np.testing.assert_allclose(ends, exact, rtol=1e-6)
+
+    def field(t, y, args):  # y0' = −y0 and y1' = −t·y1 (t-dependent: ∂f/∂t in the stages)
+        return jnp.stack([-y[0], -t * y[1]])
+
+    exact = [np.exp(2.0), np.exp(2.0)]  # from y = 1 at t = 2 back to t = 0: e^2 and e^(4/2)
+    for solver in (mf.Rodas4(), diffrax.Kvaerno5()):
+        end = diffrax.diffeqsolve(
+            diffrax.ODETerm(field),
+            solver,
+            2.0,
+            0.0,
+            None,
+            jnp.ones(2),
+            stepsize_controller=controller,
+        ).ys[-1]
+        np.testing.assert_allclose(end, exact, rtol=1e-6, err_msg=type(solver).__name__)
 
 
 def test_rodas4_structured_backwards_returns_to_the_start(problem):
@@ -245,8 +258,9 @@ def test_rodas4_structured_backwards_returns_to_the_start(problem):
         )
         return jax.tree.map(lambda leaf: leaf[-1], sol.ys)
 
-    forward = solve(model, 0.0, 1.0)
-    back = solve(forward, 1.0, 0.0)
+    zero, one = jnp.asarray(0.0), jnp.asarray(1.0)  # arrays: both directions in one program
+    forward = solve(model, zero, one)
+    back = solve(forward, one, zero)
     assert float(jnp.max(jnp.abs(forward() - model()))) > 1e-2  # it moved
     np.testing.assert_allclose(back(), model(), rtol=0, atol=1e-7)
 
@@ -270,8 +284,8 @@ def test_rodas4_backsolve_adjoint_matches_checkpointing():
         )
         return sol.ys[-1, 0]
 
-    backsolve = jax.grad(end)(1.0, diffrax.BacksolveAdjoint())
-    checkpoint = jax.grad(end)(1.0, diffrax.RecursiveCheckpointAdjoint())
+    backsolve = jax.jit(jax.grad(lambda k: end(k, diffrax.BacksolveAdjoint())))(1.0)
+    checkpoint = jax.jit(jax.grad(lambda k: end(k, diffrax.RecursiveCheckpointAdjoint())))(1.0)
     np.testing.assert_allclose([backsolve, checkpoint], -np.exp(-1.0), rtol=1e-6)
 
 
@@ -316,10 +330,8 @@ def test_rodas4_error_estimate_has_local_order_four():
     term = diffrax.ODETerm(lambda t, y, a: -(y**2) + jnp.sin(t))
     solver = mf.Rodas4()
     y0 = jnp.array([1.0])
-    sizes = []
-    for h in (0.02, 0.01, 0.005):
-        _, error, _, _, _ = solver.step(term, 0.0, h, y0, None, None, False)
-        sizes.append(float(jnp.abs(error[0])))
+    error = jax.jit(lambda h: solver.step(term, 0.0, h, y0, None, None, False)[1][0])
+    sizes = [float(jnp.abs(error(h))) for h in (0.02, 0.01, 0.005)]
     ratios = np.array(sizes[:-1]) / np.array(sizes[1:])
     assert solver.error_order(term) == 4
     np.testing.assert_allclose(np.log2(ratios), 4.0, atol=0.25)  # 3 would be order 3
