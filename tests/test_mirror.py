@@ -1,6 +1,8 @@
 """The mirror-flow side (docs/theory.md §4): potentials against closed forms and quadrature, the
 equivalence of the factor flow with the x-space mirror flow, and the implicit bias."""
 
+import functools
+
 import diffrax
 import equinox as eqx
 import jax
@@ -80,49 +82,195 @@ def test_legendre_exactly_when_gradient_is_unbounded(q, depth):
     assert bounded == (not bool(mirror.is_legendre))
 
 
+# ------------------------------------------------------- the factor flow is the mirror flow
+#
+# Compile budget: the factor-flow solves below are one compiled program per solver (depths
+# padded to MAX_DEPTH with `Padded`), the mirror-flow solves one per solver and depth (the
+# mirror's depth is static); the decay kinds are values of one schedule (`_Decay`).
+
 GEOMETRIES = [(1.5, 0.0), (2.0, 0.0), (1.0, 1e-3), (1.5, 1e-3)]
+DEPTHS = [2, 3, 4]
+MAX_DEPTH = max(DEPTHS)
 COSINE = optax.cosine_decay_schedule(0.5, decay_steps=1.0)
+BALANCE_C = 0.2
+TS = jnp.linspace(0.0, 1.0, 5)
 
 
-@pytest.mark.parametrize("decay", ["none", "constant", "schedule"])
-@pytest.mark.parametrize("depth", [2, 3, 4])
-def test_factor_flow_equals_mirror_flow(depth, decay):
-    """Thm 4.6: the structured factor flow mapped to x equals the x-space mirror flow."""
+class _Decay(eqx.Module):
+    """α(t) = level + scale·COSINE(t): "none" (0, 0), "constant" (0.3, 0) and "schedule"
+    (0, 1, the optax cosine schedule) as values of one schedule, so they share a program."""
+
+    level: jax.Array
+    scale: jax.Array
+
+    def __call__(self, t):
+        return self.level + self.scale * COSINE(t)
+
+
+DECAYS = {"none": (0.0, 0.0), "constant": (0.3, 0.0), "schedule": (0.0, 1.0)}
+
+
+def test_float_decay_is_the_constant_schedule():
+    """The tests below run the decay kinds as `_Decay` values; a float ``decoupled_wd`` is the
+    same constant α(t), and both flows read α only through ``decay_rate``."""
+    for level in (0.0, 0.3):
+        module = _Decay(jnp.array(level), jnp.array(0.0))
+        flows = [
+            (
+                mf.SteepestFlow(decoupled_wd=wd),
+                MirrorFlow(mf.Lp(), depth=2, c=0.2, decoupled_wd=wd),
+            )
+            for wd in (level, module)
+        ]
+        for t in (0.0, 0.7):
+            rates = [float(flow.decay_rate(t)) for pair in flows for flow in pair]
+            assert rates == [level] * 4, rates
+
+
+def _w1(depth):
+    dim = small_regression().dim
+    return 0.3 * jax.random.normal(jax.random.key(depth), (dim,), dtype=jnp.float64)
+
+
+def _flow_cases():
+    return [
+        dict(depth=depth, decay=decay, q=q, eps=eps)
+        for depth in DEPTHS
+        for decay in DECAYS
+        for q, eps in GEOMETRIES
+    ]
+
+
+# One explicit solver per vmapped call (a vmapped "auto" with traced q, ε compiles a switch over
+# its candidates, each run over the whole batch): for the smoothed sign flow what "auto" takes
+# (`SignFlowKvaerno3` for the factor flow, a dense `Rodas4` for the mirror flow; Tsit5's
+# stiffness watch ends those solves with `stiff`), and Tsit5 for every other (q, ε) here
+# ("auto" takes Rodas4 for 1 < q < 2, ε > 0, where Tsit5, watched for stiffness, takes fewer
+# steps over t ≤ 1; every solve must end ok).
+FACTOR_SOLVERS = {"sign": mf.SignFlowKvaerno3(), "explicit": diffrax.Tsit5()}
+MIRROR_SOLVERS = {"sign": mf.Rodas4(structure="dense"), "explicit": diffrax.Tsit5()}
+
+
+def _region(case):
+    return "sign" if case["q"] == 1 and case["eps"] > 0 else "explicit"
+
+
+def _by_region(batches, cases, columns):
+    """``batches[region](*columns)`` (jitted vmaps) over the rows of each solver region,
+    reassembled in case order as NumPy arrays."""
+    groups = {}
+    for k, case in enumerate(cases):
+        groups.setdefault(_region(case), []).append(k)
+    order, parts = [], []
+    for region, members in groups.items():
+        parts.append(batches[region](*[column[np.array(members)] for column in columns]))
+        order += members
+    inverse = np.argsort(order)
+    return jax.tree.map(lambda *leaves: np.concatenate(leaves)[inverse], *parts)
+
+
+def _factor_run(q, eps, w1, depth, level, scale, *, solver):
+    model = mf.Padded(mf.DeepDiagonal.balanced(w1, BALANCE_C, q=q, depth=MAX_DEPTH), depth)
+    flow = mf.SteepestFlow(mf.Lp(q, eps), decoupled_wd=_Decay(level, scale))
     problem = small_regression()
-    wd = {"none": 0.0, "constant": 0.3, "schedule": COSINE}[decay]
-    w1 = 0.3 * jax.random.normal(jax.random.key(depth), (problem.dim,), dtype=jnp.float64)
-    c, ts = 0.2, jnp.linspace(0.0, 1.0, 5)
-    kwargs = dict(saveat=ts, stepsize_controller=TIGHT)
-
-    def both(q, eps):
-        geometry = mf.Lp(q, eps)
-        model = mf.DeepDiagonal.balanced(w1, c, q=q, depth=depth)
-        factor = mf.solve_flow(
-            mf.SteepestFlow(geometry, decoupled_wd=wd), model, problem, 1.0, **kwargs
-        )
-        mirror_flow = MirrorFlow(geometry, depth=depth, c=c, decoupled_wd=wd)
-        mirror = solve_mirror_flow(mirror_flow, model(), problem, 1.0, **kwargs)
-        return factor, mirror
-
-    factor, mirror = jax.vmap(both)(*jnp.array(GEOMETRIES).T)
-    assert bool(jnp.all(factor.ok & mirror.ok))
-    scale = jnp.max(jnp.abs(factor.x), axis=(1, 2))
-    error = jnp.max(jnp.abs(factor.x - mirror.x), axis=(1, 2)) / scale
-    assert bool(jnp.all(error <= 1e-6)), error
-
-
-def test_naive_smoothing_departs_from_mirror_flow():
-    """Measured: the naive smoothing's x(t) leaves the smoothed mirror flow by O(1e-2)."""
-    problem = small_regression()
-    w1 = 0.3 * jax.random.normal(jax.random.key(3), (problem.dim,), dtype=jnp.float64)
-    geometry, c = mf.Lp(1.0, 1e-3), 0.2
-    model = mf.DeepDiagonal.balanced(w1, c, q=1.0, depth=3)
-    kwargs = dict(saveat=jnp.linspace(0.0, 1.0, 5), stepsize_controller=TIGHT)
-    naive = mf.solve_flow(
-        mf.SteepestFlow(geometry, smoothing_at="naive"), model, problem, 1.0, **kwargs
+    sol = mf.solve_flow(
+        flow, model, problem, 1.0, saveat=TS, solver=solver, stepsize_controller=TIGHT
     )
-    mirror = solve_mirror_flow(MirrorFlow(geometry, depth=3, c=c), model(), problem, 1.0, **kwargs)
-    departure = float(jnp.max(jnp.abs(naive.x - mirror.x)) / jnp.max(jnp.abs(mirror.x)))
+    return sol.x, sol.ok
+
+
+def _mirror_run(q, eps, x0, c, level, scale, *, depth, solver):
+    flow = MirrorFlow(mf.Lp(q, eps), depth=depth, c=c, decoupled_wd=_Decay(level, scale))
+    problem = small_regression()
+    sol = solve_mirror_flow(
+        flow, x0, problem, 1.0, saveat=TS, solver=solver, stepsize_controller=TIGHT
+    )
+    return sol.x, sol.ok
+
+
+def _jit_vmap(run, **static):
+    return jax.jit(jax.vmap(functools.partial(run, **static)))
+
+
+_FACTOR_BATCH = {region: _jit_vmap(_factor_run, solver=s) for region, s in FACTOR_SOLVERS.items()}
+_MIRROR_BATCH = {
+    depth: {
+        region: _jit_vmap(_mirror_run, depth=depth, solver=s)
+        for region, s in MIRROR_SOLVERS.items()
+    }
+    for depth in DEPTHS
+}
+
+# The mirror flow at c = 0 (the uniform init w_i = α), checked against scipy below, runs with
+# the c = 0.2 ones of its depth.
+UNIFORM_CASES = [(2.0, 2), (1.5, 3)]
+UNIFORM_ALPHA = 0.5
+
+
+@pytest.fixture(scope="module")
+def flows():
+    """(cases, factor x, mirror x): every (depth, decay, geometry) from the balanced init
+    (w_1 random, c = 0.2), and ("uniform", q, depth) at c = 0 (mirror only)."""
+    cases = _flow_cases()
+    columns = [
+        np.array([c["q"] for c in cases]),
+        np.array([c["eps"] for c in cases]),
+        np.array([np.asarray(_w1(c["depth"])) for c in cases]),
+        np.array([c["depth"] for c in cases]),
+        np.array([DECAYS[c["decay"]][0] for c in cases]),
+        np.array([DECAYS[c["decay"]][1] for c in cases]),
+    ]
+    factor_x, factor_ok = _by_region(_FACTOR_BATCH, cases, columns)
+    for k, case in enumerate(cases):
+        assert factor_ok[k], ("factor", case)
+    dim = small_regression().dim
+    mirror_x = {}
+    for depth in DEPTHS:
+        members = [k for k, c in enumerate(cases) if c["depth"] == depth]
+        uniform = [q for q, d in UNIFORM_CASES if d == depth]
+        rows = [(cases[k]["q"], cases[k]["eps"], factor_x[k, 0], BALANCE_C) for k in members]
+        rows += [(q, 0.0, np.full(dim, UNIFORM_ALPHA**depth), 0.0) for q in uniform]
+        decays = [DECAYS[cases[k]["decay"]] for k in members] + [DECAYS["none"]] * len(uniform)
+        columns = [np.array(column) for column in zip(*rows, strict=True)]
+        columns += [np.array(column) for column in zip(*decays, strict=True)]
+        named = [cases[k] for k in members] + [
+            dict(depth=depth, decay="uniform", q=q, eps=0.0) for q in uniform
+        ]
+        x, ok = _by_region(_MIRROR_BATCH[depth], named, columns)
+        for case, x_k, ok_k in zip(named, x, ok, strict=True):
+            assert ok_k, ("mirror", case)
+            mirror_x[tuple(case.values())] = x_k
+    return cases, factor_x, mirror_x
+
+
+def test_factor_flow_equals_mirror_flow(flows):
+    """Thm 4.6: the structured factor flow mapped to x equals the x-space mirror flow, at every
+    depth, decay (none, constant 0.3, cosine schedule) and geometry."""
+    cases, factor_x, mirror_x = flows
+    for k, case in enumerate(cases):
+        mirror = mirror_x[tuple(case.values())]
+        scale = np.max(np.abs(factor_x[k]))
+        error = np.max(np.abs(factor_x[k] - mirror)) / scale
+        assert error <= 1e-6, (case, error)
+
+
+def test_naive_smoothing_departs_from_mirror_flow(flows):
+    """Measured: the naive smoothing's x(t) leaves the smoothed mirror flow by O(1e-2). The
+    mirror flow is the (depth 3, no decay, q = 1, ε = 1e-3) one of `flows`, from the same x."""
+    _, _, mirror_x = flows
+    mirror = mirror_x[(3, "none", 1.0, 1e-3)]
+    problem = small_regression()
+    model = mf.DeepDiagonal.balanced(_w1(3), BALANCE_C, q=1.0, depth=3)
+    naive = mf.solve_flow(
+        mf.SteepestFlow(mf.Lp(1.0, 1e-3), smoothing_at="naive"),
+        model,
+        problem,
+        1.0,
+        saveat=TS,
+        stepsize_controller=TIGHT,
+    )
+    np.testing.assert_allclose(mirror[0], naive.x[0], rtol=1e-14)  # the same start
+    departure = float(np.max(np.abs(naive.x - mirror)) / np.max(np.abs(mirror)))
     print(
         f"naive smoothing vs mirror flow, q=1, eps=1e-3, L=3: relative departure {departure:.3g}"
     )
@@ -302,15 +450,14 @@ def _factor_flow_scipy(A, b, q, depth, alpha, ts):
     return np.prod(sol.y.reshape(depth, d, -1), axis=0).T
 
 
-@pytest.mark.parametrize("q, depth", [(2.0, 2), (1.5, 3)])
-def test_mirror_flow_at_c_zero_equals_the_factor_flow_from_a_uniform_init(q, depth):
-    problem = small_regression(n=4, d=6)
+@pytest.mark.parametrize("q, depth", UNIFORM_CASES)
+def test_mirror_flow_at_c_zero_equals_the_factor_flow_from_a_uniform_init(flows, q, depth):
+    """The mirror flow at c = 0 (solved in `flows`, with the c = 0.2 ones of its depth)
+    against scipy's DOP853 on the factor flow from w_i = α."""
+    _, _, mirror_x = flows
+    x = mirror_x[(depth, "uniform", q, 0.0)]
+    problem = small_regression()
     A, b = np.asarray(problem.A), np.asarray(problem.b)
-    alpha, ts = 0.5, np.array([0.0, 0.5, 1.0])
-    flow = MirrorFlow(mf.Lp(q), depth=depth, c=0.0)
-    x0 = jnp.full(problem.dim, alpha**depth)
-    sol = solve_mirror_flow(flow, x0, problem, 1.0, saveat=ts, stepsize_controller=TIGHT)
-    assert bool(sol.ok)
-    expected = _factor_flow_scipy(A, b, q, depth, alpha, ts)
+    expected = _factor_flow_scipy(A, b, q, depth, UNIFORM_ALPHA, np.asarray(TS))
     assert np.max(np.abs(expected[-1] - expected[0])) > 1e-2  # it moved
-    np.testing.assert_allclose(sol.x, expected, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(x, expected, rtol=1e-8, atol=1e-10)
