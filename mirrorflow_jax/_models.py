@@ -465,9 +465,9 @@ class PaddedDeepDiagonal:
 class PaddedSignedDeepDiagonal:
     """Deprecated: `Padded` pads any deep model.
 
-    ``PaddedSignedDeepDiagonal.truncated(model, depth)`` returns ``Padded(model, depth)`` (the first
-    ``depth`` layers of ``model``, padded to its depth) and warns; it will be removed in the
-    next release.
+    ``PaddedSignedDeepDiagonal.truncated(model, depth)`` returns ``Padded(model, depth)``
+    (the first ``depth`` layers of ``model``, padded to its depth) and warns; it will be
+    removed in the next release.
     """
 
     @staticmethod

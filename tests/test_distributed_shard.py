@@ -1,8 +1,9 @@
 """Job arrays: ``sweep(..., shard=(i, n))`` computes only its share of the chunks into a shared
 checkpoint directory; a run without ``shard`` then assembles them and computes the rest.
 
-Run as a script (``python tests/test_distributed_shard.py I N DIR``) it is one shard of `SWEEP`, started
-by the test as a separate process; it writes which members it computed to DIR/shard-I.npz.
+Run as a script (``python tests/test_distributed_shard.py I N DIR``) it is one shard of
+`SWEEP`, started by the test as a separate process; it writes which members it computed to
+DIR/shard-I.npz.
 """
 
 import json
