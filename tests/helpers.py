@@ -1,9 +1,11 @@
 """Shared fixtures and independent reference computations for the tests."""
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.flatten_util import ravel_pytree
 from scipy import integrate
 
@@ -83,3 +85,20 @@ def radau_reference(flow, model, loss, ts):
     )
     assert result.success
     return np.stack([np.asarray(mf.effective_weights(unravel(y))) for y in result.y.T])
+
+
+COSINE = optax.cosine_decay_schedule(0.5, decay_steps=1.0)
+
+
+class Decay(eqx.Module):
+    """α(t) = level + scale·COSINE(t): "none" (0, 0), "constant" (0.3, 0) and "schedule"
+    (0, 1, the optax cosine schedule) as values of one schedule, so they share a program."""
+
+    level: jax.Array
+    scale: jax.Array
+
+    def __call__(self, t):
+        return self.level + self.scale * COSINE(t)
+
+
+DECAYS = {"none": (0.0, 0.0), "constant": (0.3, 0.0), "schedule": (0.0, 1.0)}

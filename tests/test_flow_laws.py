@@ -3,7 +3,7 @@ computation: a closed form or a quadrature of the one-dimensional ODE.
 
 Compile budget: cases that differ only in values share one compiled program. Depths share one
 through `Padded` models (max depth 4), the
-three decay kinds through one schedule module (`_Decay`), and each vmapped call asserts per case
+three decay kinds through one schedule module (`Decay`), and each vmapped call asserts per case
 with a message naming it."""
 
 import functools
@@ -13,7 +13,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import optimistix as optx
 import pytest
 from scipy import integrate
@@ -21,10 +20,13 @@ from scipy import integrate
 import mirrorflow_jax as mf
 
 from .helpers import (
+    COSINE,
+    DECAYS,
     DEPTHS,
     EXACT_GEOMETRIES,
     SMOOTHED_GEOMETRIES,
     TIGHT,
+    Decay,
     positive_signed_model,
     small_regression,
     toy_escape_time,
@@ -34,21 +36,6 @@ GEOMETRIES = EXACT_GEOMETRIES + SMOOTHED_GEOMETRIES
 MAX_DEPTH = max(DEPTHS)
 T1 = 1.0  # before the exact q = 1.5 flow reaches its non-Lipschitz minimum
 TS = jnp.linspace(0.0, T1, 7)
-COSINE = optax.cosine_decay_schedule(0.5, decay_steps=T1)
-
-
-class _Decay(eqx.Module):
-    """α(t) = level + scale·COSINE(t): "none" (0, 0), "constant" (0.3, 0) and "schedule"
-    (0, 1, the optax cosine schedule) as values of one schedule, so they share a program."""
-
-    level: jax.Array
-    scale: jax.Array
-
-    def __call__(self, t):
-        return self.level + self.scale * COSINE(t)
-
-
-DECAYS = {"none": (0.0, 0.0), "constant": (0.3, 0.0), "schedule": (0.0, 1.0)}
 
 
 def _decay_integral(kind, t):
@@ -88,7 +75,7 @@ def _signed_cases():
 
 def _signed_run(q, eps, u, v, depth, level, scale, t1, *, solver):
     problem = small_regression()
-    flow = mf.SteepestFlow(mf.Lp(q, eps), decoupled_wd=_Decay(level, scale))
+    flow = mf.SteepestFlow(mf.Lp(q, eps), decoupled_wd=Decay(level, scale))
     model = mf.Padded(mf.SignedDeepDiagonal(u, v), depth)
     ts = jnp.linspace(0.0, t1, len(TS))
     sol = mf.solve_flow(
@@ -178,11 +165,11 @@ def test_balance_law(signed_runs):
 
 
 def test_float_decay_is_the_constant_schedule():
-    """The balance law runs the decay kinds as `_Decay` values; a float ``decoupled_wd`` is
+    """The balance law runs the decay kinds as `Decay` values; a float ``decoupled_wd`` is
     the same constant α(t), and the flow reads α only through ``decay_rate``."""
     for level in (0.0, 0.3):
         by_float = mf.SteepestFlow(mf.Lp(1.5), decoupled_wd=level)
-        by_module = mf.SteepestFlow(mf.Lp(1.5), decoupled_wd=_Decay(jnp.array(level), 0.0))
+        by_module = mf.SteepestFlow(mf.Lp(1.5), decoupled_wd=Decay(jnp.array(level), 0.0))
         for t in (0.0, 0.7):
             assert float(by_float.decay_rate(t)) == float(by_module.decay_rate(t)) == level
 

@@ -8,7 +8,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from scipy import integrate, optimize
 
@@ -21,7 +20,7 @@ from mirrorflow_jax._mirror import (
     solve_mirror_flow,
 )
 
-from .helpers import TIGHT, small_regression
+from .helpers import DECAYS, TIGHT, Decay, small_regression
 
 X = jnp.array([-3.0, -0.2, 0.0, 1e-6, 0.5, 10.0, 1e4])
 SHAPES = [(1.0, 2), (1.0, 4), (1.5, 3), (1.25, 5), (2.0, 2), (2.0, 3), (1.75, 3)]
@@ -86,35 +85,20 @@ def test_legendre_exactly_when_gradient_is_unbounded(q, depth):
 #
 # Compile budget: the factor-flow solves below are one compiled program per solver (depths
 # padded to MAX_DEPTH with `Padded`), the mirror-flow solves one per solver and depth (the
-# mirror's depth is static); the decay kinds are values of one schedule (`_Decay`).
+# mirror's depth is static); the decay kinds are values of one schedule (`Decay`).
 
 GEOMETRIES = [(1.5, 0.0), (2.0, 0.0), (1.0, 1e-3), (1.5, 1e-3)]
 DEPTHS = [2, 3, 4]
 MAX_DEPTH = max(DEPTHS)
-COSINE = optax.cosine_decay_schedule(0.5, decay_steps=1.0)
 BALANCE_C = 0.2
 TS = jnp.linspace(0.0, 1.0, 5)
 
 
-class _Decay(eqx.Module):
-    """α(t) = level + scale·COSINE(t): "none" (0, 0), "constant" (0.3, 0) and "schedule"
-    (0, 1, the optax cosine schedule) as values of one schedule, so they share a program."""
-
-    level: jax.Array
-    scale: jax.Array
-
-    def __call__(self, t):
-        return self.level + self.scale * COSINE(t)
-
-
-DECAYS = {"none": (0.0, 0.0), "constant": (0.3, 0.0), "schedule": (0.0, 1.0)}
-
-
 def test_float_decay_is_the_constant_schedule():
-    """The tests below run the decay kinds as `_Decay` values; a float ``decoupled_wd`` is the
+    """The tests below run the decay kinds as `Decay` values; a float ``decoupled_wd`` is the
     same constant α(t), and both flows read α only through ``decay_rate``."""
     for level in (0.0, 0.3):
-        module = _Decay(jnp.array(level), jnp.array(0.0))
+        module = Decay(jnp.array(level), jnp.array(0.0))
         flows = [
             (
                 mf.SteepestFlow(decoupled_wd=wd),
@@ -171,7 +155,7 @@ def _by_region(batches, cases, columns):
 
 def _factor_run(q, eps, w1, depth, level, scale, *, solver):
     model = mf.Padded(mf.DeepDiagonal.balanced(w1, BALANCE_C, q=q, depth=MAX_DEPTH), depth)
-    flow = mf.SteepestFlow(mf.Lp(q, eps), decoupled_wd=_Decay(level, scale))
+    flow = mf.SteepestFlow(mf.Lp(q, eps), decoupled_wd=Decay(level, scale))
     problem = small_regression()
     sol = mf.solve_flow(
         flow, model, problem, 1.0, saveat=TS, solver=solver, stepsize_controller=TIGHT
@@ -180,7 +164,7 @@ def _factor_run(q, eps, w1, depth, level, scale, *, solver):
 
 
 def _mirror_run(q, eps, x0, c, level, scale, *, depth, solver):
-    flow = MirrorFlow(mf.Lp(q, eps), depth=depth, c=c, decoupled_wd=_Decay(level, scale))
+    flow = MirrorFlow(mf.Lp(q, eps), depth=depth, c=c, decoupled_wd=Decay(level, scale))
     problem = small_regression()
     sol = solve_mirror_flow(
         flow, x0, problem, 1.0, saveat=TS, solver=solver, stepsize_controller=TIGHT
