@@ -66,6 +66,17 @@ def _exit_promptly_on_interrupt(message: str, reported, grace: float = 2.0):
 
     threading.Thread(target=watch, daemon=True, name="mirrorflow-interrupt").start()
 
+    # A Ctrl-C that lands in a callback Python cannot raise from (e.g. JAX's garbage-collection
+    # hook) is "ignored" with a printed traceback; the watcher ends the process anyway, so
+    # keep the terminal to the one-line message.
+    previous = sys.unraisablehook
+
+    def quiet_interrupts(unraisable):
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            previous(unraisable)
+
+    sys.unraisablehook = quiet_interrupts
+
 
 def _output_folder(out: pathlib.Path) -> pathlib.Path:
     """``out`` created and writable, else a one-line `_UsageError` saying why not."""

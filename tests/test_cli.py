@@ -127,6 +127,36 @@ def test_ctrl_c_exits_130_with_the_resume_hint(tmp_path):
     assert "Traceback" not in err
 
 
+UNRAISABLE = """
+import threading
+from mirrorflow_jax import cli
+
+cli._exit_promptly_on_interrupt("interrupted", threading.Event())
+
+class Raises:
+    def __init__(self, error):
+        self.error = error
+
+    def __del__(self):
+        raise self.error
+
+Raises(KeyboardInterrupt())  # as when Ctrl-C lands in a garbage-collection callback
+Raises(RuntimeError("kept"))
+"""
+
+
+def test_interrupt_in_a_callback_prints_no_traceback_but_other_errors_still_show():
+    """A Ctrl-C that Python cannot raise (it lands in a callback, such as JAX's garbage
+    collection hook) is left to the watcher's one-line message; other unraisable errors are
+    still printed."""
+    done = subprocess.run(
+        [sys.executable, "-c", UNRAISABLE], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "KeyboardInterrupt" not in done.stderr
+    assert "RuntimeError: kept" in done.stderr
+
+
 # ----------------------------------------------------------------------------- progress
 
 
