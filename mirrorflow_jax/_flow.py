@@ -89,16 +89,20 @@ def checked_decay(
 
 
 class FlowArgs(eqx.Module):
-    """The ``args`` that `solve_flow` hands to diffrax: the flow, the loss f(x) and the initial
-    loss value (for escape events). Solvers that exploit a flow's structure (`Rodas4`) read
-    them from here.
+    """The ``args`` that `solve_flow` hands to diffrax: the flow, the loss f(x), the initial
+    loss value (for escape events) and the step-size controller's tolerances. Solvers that
+    exploit a flow's structure (`Rodas4`) read them from here.
 
-    **Fields:** ``flow`` an `AbstractFlow`; ``loss`` f(x); ``value0`` f(x(0)), a scalar.
+    **Fields:** ``flow`` an `AbstractFlow`; ``loss`` f(x); ``value0`` f(x(0)), a scalar;
+    ``rtol``, ``atol`` the controller's tolerances (traced where they are, e.g. swept), or
+    None for a controller without them (a constant step).
     """
 
     flow: AbstractFlow
     loss: Loss
     value0: Array
+    rtol: Array | None = None
+    atol: Array | None = None
 
 
 class SteepestFlow(AbstractDecayedFlow):

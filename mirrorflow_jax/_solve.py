@@ -270,9 +270,11 @@ def solve_flow(
       that round at most 16 float spacings outside [t0, t1] count as the ends (so
       ``jnp.arange(k) * (t1 / (k - 1))`` works with a traced t1); others raise.
     - ``solver``: ``"auto"`` (default) chooses from the flow, the model's and the loss's
-      structure and q and ε (Tsit5 for gradient flow, `SignFlowKvaerno3` for the smoothed
-      sign flow, `Rodas4` for other stiff flows, Tsit5 for the exact maps (ε = 0);
-      per member where q or ε is traced); or any diffrax solver. The choice is in
+      structure and q and ε (`Rodas4` for gradient flow of a toolkit model under a factored
+      loss, Tsit5 for other gradient flows, `SignFlowKvaerno3` for the smoothed sign flow
+      except with the naive placement at ε ≥ 1e-4, `Rodas4` for other stiff flows, Tsit5 for
+      the exact maps (ε = 0); per member where q or ε is traced, docs/how-to
+      "Choose a solver"); or any diffrax solver. The choice is in
       ``FlowSolution.solver``. An explicit Runge–Kutta solver (Tsit5, Dopri5) is watched for
       stiffness and ends with the result ``stiff`` when its steps stay held by stability.
     - ``stepsize_controller``: default ``PIDController(rtol=1e-8, atol=1e-10)``. That atol
@@ -315,6 +317,14 @@ def solve_flow(
     )
 
 
+def _tolerances(controller) -> tuple:
+    """The (rtol, atol) of a step-size controller that has them (`diffrax.PIDController`),
+    concrete or traced; (None, None) otherwise."""
+    if isinstance(controller, diffrax.PIDController):
+        return controller.rtol, controller.atol
+    return None, None
+
+
 @eqx.filter_jit
 def _solve(
     flow,
@@ -355,7 +365,7 @@ def _solve(
             t1,
             dt0,
             flow.init(params0),
-            args=FlowArgs(flow, loss, value0),
+            args=FlowArgs(flow, loss, value0, *_tolerances(controller)),
             saveat=eqx.tree_at(lambda s: s.solver_state, saveat, True) if watch else saveat,
             stepsize_controller=_guard.guarded(controller),
             event=diffrax_event,

@@ -207,17 +207,22 @@ def test_reverse_mode_gradient_matches_finite_differences(problem):
     np.testing.assert_allclose(gradient, difference, rtol=1e-5)
 
 
-def test_auto_keeps_exact_flows_on_the_explicit_method(problem, model):
-    """`solver="auto"` leaves the exact maps on the watched Tsit5: from a saddle init (a
-    factor exactly 0) this solver ran out of 100k steps where Tsit5 finishes (saddle_escape,
-    depth 4, q = 1.25), so it is an opt-in. It still resolves its tolerances from the
-    controller when passed."""
+def test_auto_takes_the_order_five_solver_for_the_exact_maps(problem, model):
+    """`solver="auto"` takes `PowerFlowKvaerno5` for the exact maps with 1 < q < 2 (order 5:
+    from a saddle init the order-3 solver ran out of 100k steps where Tsit5 finishes, and
+    order 5 takes about Tsit5's steps, test_order_five_matches_radau_and_escapes_a_saddle_in_
+    tsit5s_steps), with its tolerances resolved from the controller; the exact sign flow
+    (q = 1) stays on the watched Tsit5, and a plain PyTree too."""
     controller = diffrax.PIDController(rtol=1e-8, atol=1e-10)
 
-    def names(q, eps):
-        return choose_solver(mf.SteepestFlow(mf.Lp(q, eps)), model, problem, controller).names
+    def choice(q, eps, params=model):
+        return choose_solver(mf.SteepestFlow(mf.Lp(q, eps)), params, problem, controller)
 
-    assert names(1.5, 0.0) == names(1.25, 0.0) == names(1.0, 0.0) == ("Tsit5",)
+    assert choice(1.5, 0.0).names == choice(1.25, 0.0).names == ("PowerFlowKvaerno5",)
+    (solver,) = choice(1.5, 0.0).solvers
+    assert (solver.rtol, solver.atol) == (1e-8, 1e-10)
+    assert choice(1.0, 0.0).names == ("Tsit5",)
+    assert choice(1.5, 0.0, params=model()).names == ("Tsit5",)
     flow = mf.SteepestFlow(mf.Lp(1.5))
     solver = mf.PowerFlowKvaerno3().resolve(flow, model, problem, controller)
     assert (solver.rtol, solver.atol) == (1e-8, 1e-10)

@@ -2,15 +2,28 @@ r"""``solver="auto"``: the solver for a solve, chosen from what is known before 
 
 The steepest flow dθ/dt = −φ_q^ε(∇F) − α θ changes character with q and ε:
 
-- q = 2 (gradient flow) is as smooth as the loss: an explicit method (Tsit5);
+- q = 2 (gradient flow) is as smooth as the loss: an explicit method (Tsit5), except where the
+  structured Jacobian applies (a separable toolkit model under an `AbstractFactoredLoss`):
+  there `Rodas4`, which was about 10× more accurate at the same tolerance on every problem
+  measured, and far cheaper from large inits, where gradient flow of a deep model is stiff
+  (65 steps against Tsit5's 1026 on a depth-3 model at scale 1); each of its steps costs about
+  5× a Tsit5 step, so small-init runs take longer;
 - q = 1 with ε > 0 (the smoothed sign flow) is stiff near a minimum, with Jacobian entries of
-  size 1/ε: `SignFlowKvaerno3`, whose cost stays bounded as ε → 0, where it applies (a
-  separable toolkit model under an `AbstractFactoredLoss`), else `Rodas4`;
+  size 1/ε: `SignFlowKvaerno3`, whose cost stays bounded as ε → 0 and which passes factors
+  that collapse to 0, where it applies (a separable toolkit model under an
+  `AbstractFactoredLoss`), else `Rodas4`. With the naive placement (no collapses) and
+  ε ≥ `COARSE_EPS`, `Rodas4` instead: there its fourth order takes about half the steps of
+  `SignFlowKvaerno3` at the same accuracy, while below about 1e-6 its steps grow without
+  bound (benchmarks/README.md, "bench_auto_rules.py");
 - 1 < q < 2 with ε > 0 is stiff like ε^(q−2): `Rodas4` (structured where it applies);
 - ε = 0 below q = 2 (the exact maps) is not differentiable at ∇F = 0, which a Rosenbrock
-  method's Jacobian needs: an explicit method (Tsit5), watched by `StiffnessCheck`. For
-  1 < q < 2, `PowerFlowKvaerno3` (stages solved in the velocity, whose inverse map is C¹ at
-  0) is an opt-in: it is much cheaper from balanced inits but stalls from a saddle init.
+  method's Jacobian needs. For 1 < q < 2, `PowerFlowKvaerno5` where it applies (a separable
+  toolkit model under an `AbstractFactoredLoss`): its stages are solved in the velocity,
+  whose inverse map is C¹ at 0, so it is not held back where a gradient entry passes 0 or
+  near the minimum (about 100× fewer steps than Tsit5 on a 40×100 regression), and from a
+  saddle init it takes about Tsit5's steps (its order 5 matters there: the order-3
+  `PowerFlowKvaerno3` took 20–50× more). Otherwise, and for the exact sign flow (q = 1,
+  ε = 0), an explicit method (Tsit5), watched by `StiffnessCheck`.
 
 The same regions decide for other flows with a geometry (`MirrorFlow`), with the solvers
 that take them (dense `Rodas4` for the stiff ones, up to `DENSE_LIMIT` states); a flow
@@ -32,6 +45,7 @@ from jax.flatten_util import ravel_pytree
 from .._flow import SteepestFlow
 from .._validate import is_concrete
 from .base import AbstractFlowSolver
+from .exact_kvaerno3 import PowerFlowKvaerno5
 from .rodas4 import Rodas4
 from .rows import structured_capable
 from .sign_kvaerno3 import SignFlowKvaerno3
@@ -42,9 +56,13 @@ from .stiffness import StiffnessCheck, checkable
 DENSE_LIMIT = 1024
 
 
+# Smallest ε at which the naive sign flow goes to `Rodas4` rather than `SignFlowKvaerno3`.
+COARSE_EPS = 1e-4
+
 # The (q, ε) regions, in the order in which they are tried.
 _REGIONS = {
     "gf": lambda q, eps: q == 2,
+    "coarse_sign": lambda q, eps: (q == 1) & (eps >= COARSE_EPS),
     "sign": lambda q, eps: (q == 1) & (eps > 0),
     "smoothed": lambda q, eps: (q < 2) & (eps > 0),
     "exact_sign": lambda q, eps: (q == 1) & (eps == 0),
@@ -61,8 +79,9 @@ class SolverChoice(eqx.Module):
 
     **Fields:** ``solvers`` a tuple of distinct diffrax solvers; ``names`` their names
     (static); ``rules`` the (q, ε) regions the solve can fall in, in the order they are
-    tried (static): "gf" (q = 2), "sign" (q = 1, ε > 0), "smoothed" (q < 2, ε > 0),
-    "exact_sign" (q = 1, ε = 0) or "exact" (1 < q < 2, ε = 0 after the others); ``takes``
+    tried (static): "gf" (q = 2), "coarse_sign" (q = 1, ε ≥ `COARSE_EPS`), "sign" (q = 1,
+    ε > 0), "smoothed" (q < 2, ε > 0), "exact_sign" (q = 1, ε = 0) or "exact" (1 < q < 2,
+    ε = 0 after the others); ``takes``
     for each region, the index of its solver (static).
     """
 
@@ -122,6 +141,16 @@ def _stiff_solver(flow, params, loss, controller, sign_flow: bool):
     return watched(diffrax.Tsit5())
 
 
+def _power_flow(flow, params, loss, controller):
+    """`PowerFlowKvaerno5` settled for the solve where it can take the exact maps with
+    1 < q < 2 (a separable toolkit model, a factored loss, a tolerance the dtype resolves),
+    else None."""
+    if not structured_capable(flow, params, loss):
+        return None
+    solver = PowerFlowKvaerno5().resolve(flow, params, loss, controller)
+    return solver if solver.supports(flow, params, loss) else None
+
+
 def choose_solver(flow, params, loss, controller) -> SolverChoice:
     """The `SolverChoice` of ``solver="auto"`` for `solve_flow`: see the module docstring.
 
@@ -133,20 +162,25 @@ def choose_solver(flow, params, loss, controller) -> SolverChoice:
         return _choice([("gf", explicit)])
     q, eps = flow.geometry.q, flow.geometry.eps
     # The regions the solve can fall in: its own where q and ε are concrete, else those of
-    # representative values (q in {1, 1.5, 2}, ε in {0, > 0}).
+    # representative values (q in {1, 1.5, 2}, ε in {0, small, coarse}).
     qs = [float(np.asarray(q))] if is_concrete(q) else [1.0, 1.5, 2.0]
-    epss = [float(np.asarray(eps))] if is_concrete(eps) else [0.0, 1.0]
+    epss = [float(np.asarray(eps))] if is_concrete(eps) else [0.0, 1e-8, 1.0]
     found = {_region(q_, eps_) for q_ in qs for eps_ in epss}
     rules = [rule for rule in _REGIONS if rule in found]
+    naive = isinstance(flow, SteepestFlow) and flow.smoothing_for(params) == "naive"
     pairs = []
     for rule in rules:
-        if rule in ("gf", "exact_sign", "exact"):
-            # Exact 1 < q < 2: `PowerFlowKvaerno3` takes far fewer steps on a regression from
-            # a balanced init, but from a saddle init (a factor exactly 0) it ran out of 100k
-            # steps where Tsit5 finishes (saddle_escape, depth 4, q = 1.25): not by default.
+        if rule == "gf" and structured_capable(flow, params, loss):
+            pairs.append((rule, Rodas4(structure="structured")))
+        elif (
+            rule == "exact" and (power := _power_flow(flow, params, loss, controller)) is not None
+        ):
+            pairs.append((rule, power))
+        elif rule in ("gf", "exact_sign", "exact"):
             pairs.append((rule, explicit))
         else:
-            pairs.append((rule, _stiff_solver(flow, params, loss, controller, rule == "sign")))
+            sign_flow = rule == "sign" or (rule == "coarse_sign" and not naive)
+            pairs.append((rule, _stiff_solver(flow, params, loss, controller, sign_flow)))
     return _choice(pairs)
 
 

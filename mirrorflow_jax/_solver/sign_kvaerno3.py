@@ -297,13 +297,12 @@ class SignFlowKvaerno3(AbstractFlowSolver):
             changes["unknowns"] = "entry" if per_entry else "coordinate"
         return dataclasses.replace(self, **changes) if changes else self
 
-    @property
-    def _rtol(self) -> float:
-        return _RTOL if self.rtol is None else self.rtol
-
-    @property
-    def _atol(self) -> float:
-        return _ATOL if self.atol is None else self.atol
+    def _tolerances(self, args: FlowArgs) -> tuple:
+        """The (rtol, atol) of the Newton test: this solver's own where set, else the step-size
+        controller's from ``args`` (traced ones too: a swept tolerance), else the defaults."""
+        rtol = self.rtol if self.rtol is not None else args.rtol
+        atol = self.atol if self.atol is not None else args.atol
+        return (_RTOL if rtol is None else rtol), (_ATOL if atol is None else atol)
 
     def order(self, terms):
         return 3
@@ -337,6 +336,7 @@ class SignFlowKvaerno3(AbstractFlowSolver):
         failed: the step is rejected anyway). The unknowns are one velocity per factor entry
         if ``per_entry`` (naive smoothing), else one per coordinate."""
         flow, loss = args.flow, args.loss
+        rtol, atol = self._tolerances(args)
         geometry = flow.geometry
         dim = like().shape[0]
         eps = geometry.eps
@@ -360,7 +360,7 @@ class SignFlowKvaerno3(AbstractFlowSolver):
             inner = lx.linear_solve(
                 operator, factor.T @ (weight * rhs), lx.Cholesky(), throw=False
             ).value
-            scale = self._atol + self._rtol * jnp.max(jnp.abs(z), axis=0)
+            scale = atol + rtol * jnp.max(jnp.abs(z), axis=0)
             return g, r_u, dphi, rhs - factor @ inner, slope / scale
 
         parking = flow.smoothing_for(like) == "structured"
@@ -388,7 +388,7 @@ class SignFlowKvaerno3(AbstractFlowSolver):
             )
             rhs = r_g - slope * jacobian.mv(sign * r_u)
             dg = woodbury_solve(scaled.shifted(-slope), rhs)
-            weight = slope * jnp.abs(sign) / (self._atol + self._rtol * jnp.abs(z))
+            weight = slope * jnp.abs(sign) / (atol + rtol * jnp.abs(z))
             return g, r_u, dphi, dg, weight
 
         linear_step = per_entry_step if per_entry else per_coordinate

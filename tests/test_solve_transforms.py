@@ -14,7 +14,7 @@ import numpy as np
 import mirrorflow_jax as mf
 
 from .helpers import small_regression
-from .test_errors import TRACES, CountingLoss
+from .test_validate import TRACES, CountingLoss
 
 CONTROLLER = diffrax.PIDController(rtol=1e-10, atol=1e-12)
 PROBLEM = CountingLoss(small_regression())
