@@ -22,7 +22,7 @@ The steepest flow dθ/dt = −φ_q^ε(∇F) − α θ changes character with q a
   whose inverse map is C¹ at 0, so it is not held back where a gradient entry passes 0 or
   near the minimum (about 100× fewer steps than Tsit5 on a 40×100 regression), and from a
   saddle init it takes about Tsit5's steps (its order 5 matters there: the order-3
-  `PowerFlowKvaerno3` took 20–50× more). Otherwise, and for the exact sign flow (q = 1,
+  `PowerFlowKvaerno3` took 20–45× more). Otherwise, and for the exact sign flow (q = 1,
   ε = 0), an explicit method (Tsit5), watched by `StiffnessCheck`.
 
 The same regions decide for other flows with a geometry (`MirrorFlow`), with the solvers

@@ -309,7 +309,7 @@ class PowerFlowKvaerno3(AbstractPowerFlowESDIRK):
     r"""Kvaerno's ESDIRK method of order 3 (embedded order 2, L-stable, stiffly accurate) for
     the exact steepest flow with 1 < q < 2, each stage's equation solved by Newton's method
     in the velocity. Pass it as ``solver=`` (``solver="auto"`` takes `PowerFlowKvaerno5`: from
-    a saddle init, over the smooth plateau, order 3 costs 20–50× more steps than order 5).
+    a saddle init, over the smooth plateau, order 3 costs 20–45× more steps than order 5).
 
     The flow dw/dt = −u − α(t)·w with u_i = φ_q(∂F/∂w_i) = sign·|∂F/∂w_i|^(q−1) (the same
     for both smoothing placements at ε = 0; F includes the coupled decay β) is continuous
