@@ -4,10 +4,10 @@ The steepest flow dθ/dt = −φ_q^ε(∇F) − α θ changes character with q a
 
 - q = 2 (gradient flow) is as smooth as the loss: an explicit method (Tsit5), except where the
   structured Jacobian applies (a separable toolkit model under an `AbstractFactoredLoss`):
-  there `Rodas4`, which was about 10× more accurate at the same tolerance on every problem
-  measured, and far cheaper from large inits, where gradient flow of a deep model is stiff
-  (65 steps against Tsit5's 1026 on a depth-3 model at scale 1); each of its steps costs about
-  5× a Tsit5 step, so small-init runs take longer;
+  there `Rodas4`, which ended 4–90× closer to a tight reference at the same tolerance in 10 of
+  12 measured cases (the others at rounding level), and far cheaper from large inits, where
+  gradient flow of a deep model is stiff (65 steps against Tsit5's 1026 on a depth-3 model
+  at scale 1); each of its steps costs about 5× a Tsit5 step, so small-init runs take longer;
 - q = 1 with ε > 0 (the smoothed sign flow) is stiff near a minimum, with Jacobian entries of
   size 1/ε: `SignFlowKvaerno3`, whose cost stays bounded as ε → 0 and which passes factors
   that collapse to 0, where it applies (a separable toolkit model under an
