@@ -1,5 +1,8 @@
 """Shared fixtures and independent reference computations for the tests."""
 
+import functools
+from typing import ClassVar
+
 import diffrax
 import equinox as eqx
 import jax
@@ -102,3 +105,26 @@ class Decay(eqx.Module):
 
 
 DECAYS = {"none": (0.0, 0.0), "constant": (0.3, 0.0), "schedule": (0.0, 1.0)}
+
+
+@functools.cache
+def _rolled_class(declared: bool):
+    class Rolled(mf.AbstractReparam):
+        separable: ClassVar[bool] = declared
+        u: jax.Array
+        v: jax.Array
+
+        def __call__(self):
+            return self.u * (self.v + jnp.roll(self.v, 1))
+
+        def balance(self, q):
+            return jnp.zeros((0, self.u.shape[0]), self.u.dtype)
+
+    return Rolled
+
+
+def rolled(u, v, *, declared: bool = False) -> mf.AbstractReparam:
+    """x = u ⊙ (v + roll(v, 1)): x_j depends on v_j and v_{j−1}, so the model is not
+    separable; ``declared=True`` (wrongly) declares it separable, to show what the flag
+    prevents. One class per value of ``declared``."""
+    return _rolled_class(declared)(jnp.asarray(u), jnp.asarray(v))

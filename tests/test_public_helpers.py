@@ -11,6 +11,8 @@ import pytest
 
 import mirrorflow_jax as mf
 
+from .helpers import rolled
+
 PARAMS = {"a": jnp.array([0.1, 0.3]), "b": jnp.array([[0.2]])}
 
 
@@ -95,21 +97,7 @@ def test_trajectory_gap_refuses_different_structures():
 
 
 def _rolled(declared: bool):
-    """x = u ⊙ (v + roll(v, 1)): x_j depends on v_j and v_{j−1}, so the model is not separable;
-    the same model can be (wrongly) declared separable to show what the flag prevents."""
-
-    class Rolled(mf.AbstractReparam):
-        separable: ClassVar[bool] = declared
-        u: jax.Array
-        v: jax.Array
-
-        def __call__(self):
-            return self.u * (self.v + jnp.roll(self.v, 1))
-
-        def balance(self, q):
-            return jnp.zeros((0, self.u.shape[0]), self.u.dtype)
-
-    return Rolled(jnp.array([0.3, -0.2, 0.5]), jnp.array([0.1, 0.4, -0.2]))
+    return rolled([0.3, -0.2, 0.5], [0.1, 0.4, -0.2], declared=declared)
 
 
 def test_a_model_must_declare_whether_it_is_separable():

@@ -1,8 +1,6 @@
 """PowerFlowKvaerno3: the exact steepest flow with 1 < q < 2 against scipy's Radau at rtol 1e-12
 on the same field, with traced q under jit and vmap, with weight decay, and its refusals."""
 
-from typing import ClassVar
-
 import diffrax
 import equinox as eqx
 import jax
@@ -16,7 +14,7 @@ import mirrorflow_jax as mf
 from mirrorflow_jax._flow import FlowArgs
 from mirrorflow_jax._solver.auto import choose_solver
 
-from .helpers import small_regression
+from .helpers import rolled, small_regression
 
 CONTROLLER = diffrax.PIDController(rtol=1e-10, atol=1e-12)
 SOLVER = mf.PowerFlowKvaerno3()
@@ -37,20 +35,6 @@ class _Decay(eqx.Module):
 
     def __call__(self, t):
         return self.rate * (1 + jnp.sin(t))
-
-
-class _Rolled(mf.AbstractReparam):
-    """x = u ⊙ (v + roll(v, 1)): not separable."""
-
-    separable: ClassVar[bool] = False
-    u: jax.Array
-    v: jax.Array
-
-    def __call__(self):
-        return self.u * (self.v + jnp.roll(self.v, 1))
-
-    def balance(self, q):
-        return jnp.zeros((0, self.u.shape[0]), self.u.dtype)
 
 
 def _flat_field_impl(flow, model, loss, t, y):
@@ -275,7 +259,7 @@ def test_bad_setup_names_the_alternative(problem, model, setup, match):
     elif setup == "no hessian factor":
         loss = lambda x: problem(x)  # noqa: E731
     else:
-        params = _Rolled(jnp.full((10,), 0.3), jnp.full((10,), 0.2))
+        params = rolled(jnp.full((10,), 0.3), jnp.full((10,), 0.2))
     with pytest.raises(ValueError, match=match):
         mf.solve_flow(flow, params, loss, 1.0, solver=SOLVER)
 
