@@ -11,6 +11,7 @@ import pytest
 
 import mirrorflow_jax as mf
 from mirrorflow_jax._solver.auto import choose_solver
+from mirrorflow_jax._solver.base import newton_tolerances
 
 PID = diffrax.PIDController(rtol=1e-8, atol=1e-10)
 
@@ -399,10 +400,15 @@ def test_newton_test_takes_traced_controller_tolerances(problem):
         )
 
     for cls in (mf.SignFlowKvaerno3, mf.PowerFlowKvaerno3, mf.PowerFlowKvaerno5):
-        traced = jax.jit(lambda r, a, c=cls: jnp.stack(c()._tolerances(with_tolerances(r, a))))
+        traced = jax.jit(
+            lambda r, a, c=cls: jnp.stack(newton_tolerances(c(), with_tolerances(r, a)))
+        )
         np.testing.assert_array_equal(traced(1e-11, 1e-13), [1e-11, 1e-13])
-        assert cls(rtol=1e-6, atol=1e-7)._tolerances(with_tolerances(1e-3, 1e-3)) == (1e-6, 1e-7)
-        assert cls()._tolerances(args) == (1e-8, 1e-10)
+        assert newton_tolerances(cls(rtol=1e-6, atol=1e-7), with_tolerances(1e-3, 1e-3)) == (
+            1e-6,
+            1e-7,
+        )
+        assert newton_tolerances(cls(), args) == (1e-8, 1e-10)
     # Through solve_flow, with the controller traced: the solve matches the concrete one.
     flow = mf.SteepestFlow(mf.Lp(1.5))
 

@@ -45,6 +45,20 @@ class AbstractFlowSolver(diffrax.AbstractAdaptiveSolver):
             raise ValueError(f"`{type(self).__name__}`: {reason}")
 
 
+# The Newton tests' tolerances where neither the solver nor the step-size controller gives any
+# (e.g. a constant step).
+NEWTON_RTOL, NEWTON_ATOL = 1e-8, 1e-10
+
+
+def newton_tolerances(solver, args) -> tuple:
+    """The (rtol, atol) of a Newton-based solver's iteration test: the solver's own ``rtol`` /
+    ``atol`` where set, else the step-size controller's from ``args`` (`FlowArgs`; traced ones
+    too, e.g. a swept tolerance), else `NEWTON_RTOL` / `NEWTON_ATOL`."""
+    rtol = solver.rtol if solver.rtol is not None else args.rtol
+    atol = solver.atol if solver.atol is not None else args.atol
+    return (NEWTON_RTOL if rtol is None else rtol), (NEWTON_ATOL if atol is None else atol)
+
+
 def unset_tolerances(solver, controller: PyTree) -> dict[str, float]:
     """The ``rtol`` and ``atol`` of a step-size controller, where it has concrete ones (a
     `diffrax.PIDController`), for those of ``solver``'s ``rtol``/``atol`` fields left None:

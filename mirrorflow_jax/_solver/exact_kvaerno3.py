@@ -30,7 +30,7 @@ from .._flow import FlowArgs, SteepestFlow
 from .._models import AbstractReparam
 from .._problems import AbstractFactoredLoss
 from .._validate import check_int, check_range, is_concrete
-from .base import AbstractFlowSolver, unset_tolerances
+from .base import NEWTON_RTOL, AbstractFlowSolver, newton_tolerances, unset_tolerances
 from .linear import BlockLowRankOperator, woodbury_solve
 from .rows import linearized_rows, rows as _rows, unrows as _unrows
 
@@ -47,7 +47,6 @@ def _coefficients(tableau):
 
 
 # The tolerances of the Newton test where neither the solver nor the controller gives any.
-_RTOL, _ATOL = 1e-8, 1e-10
 
 
 def _unsupported(flow, params, loss) -> str | None:
@@ -145,14 +144,7 @@ class AbstractPowerFlowESDIRK(AbstractFlowSolver):
 
     @property
     def _rtol(self) -> float:
-        return _RTOL if self.rtol is None else self.rtol
-
-    def _tolerances(self, args: FlowArgs) -> tuple:
-        """The (rtol, atol) of the Newton test: this solver's own where set, else the step-size
-        controller's from ``args`` (traced ones too: a swept tolerance), else the defaults."""
-        rtol = self.rtol if self.rtol is not None else args.rtol
-        atol = self.atol if self.atol is not None else args.atol
-        return (_RTOL if rtol is None else rtol), (_ATOL if atol is None else atol)
+        return NEWTON_RTOL if self.rtol is None else self.rtol
 
     def order(self, terms):
         return self.method_order
@@ -192,7 +184,7 @@ class AbstractPowerFlowESDIRK(AbstractFlowSolver):
         flow, loss = args.flow, args.loss
         q = flow.geometry.q
         slope = shrink * step
-        rtol, atol = self._tolerances(args)
+        rtol, atol = newton_tolerances(self, args)
 
         def point(u):
             return shrink * (base - step * u)

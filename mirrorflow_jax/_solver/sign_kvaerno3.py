@@ -35,7 +35,7 @@ from .._flow import FlowArgs, SteepestFlow
 from .._models import AbstractReparam, padding_mask
 from .._problems import AbstractFactoredLoss
 from .._validate import check_choice, check_int, check_range, is_concrete
-from .base import AbstractFlowSolver, unset_tolerances
+from .base import NEWTON_RTOL, AbstractFlowSolver, newton_tolerances, unset_tolerances
 from .linear import BlockLowRankOperator, woodbury_solve
 from .rows import linearized_rows, rows as _rows, unrows as _unrows
 from .sliding import entry_stage, stage_signs
@@ -56,7 +56,6 @@ _UNBOUNDED = 1e30
 # A gradient entry below this many rounding spacings of |∇²f|·|x| restarts no resting part.
 _NOISE = 100.0
 # The tolerances of the Newton test where neither the solver nor the controller gives any.
-_RTOL, _ATOL = 1e-8, 1e-10
 
 
 def _unsupported(flow, params, loss, unknowns="auto") -> str | None:
@@ -277,7 +276,7 @@ class SignFlowKvaerno3(AbstractFlowSolver):
         dtypes = [jnp.result_type(leaf) for leaf in jax.tree.leaves(params)]
         dtype = functools.reduce(jnp.promote_types, dtypes, jnp.asarray(0.0).dtype)
         lowest = 2 * float(jnp.finfo(dtype).eps) / self.newton_tol
-        rtol = _RTOL if self.rtol is None else self.rtol
+        rtol = NEWTON_RTOL if self.rtol is None else self.rtol
         if rtol < lowest:
             return (
                 f"rtol={rtol:g} is below what {dtype} resolves: its Newton test needs rtol "
@@ -296,13 +295,6 @@ class SignFlowKvaerno3(AbstractFlowSolver):
             per_entry = _per_entry(flow, params, "auto")
             changes["unknowns"] = "entry" if per_entry else "coordinate"
         return dataclasses.replace(self, **changes) if changes else self
-
-    def _tolerances(self, args: FlowArgs) -> tuple:
-        """The (rtol, atol) of the Newton test: this solver's own where set, else the step-size
-        controller's from ``args`` (traced ones too: a swept tolerance), else the defaults."""
-        rtol = self.rtol if self.rtol is not None else args.rtol
-        atol = self.atol if self.atol is not None else args.atol
-        return (_RTOL if rtol is None else rtol), (_ATOL if atol is None else atol)
 
     def order(self, terms):
         return 3
@@ -336,7 +328,7 @@ class SignFlowKvaerno3(AbstractFlowSolver):
         failed: the step is rejected anyway). The unknowns are one velocity per factor entry
         if ``per_entry`` (naive smoothing), else one per coordinate."""
         flow, loss = args.flow, args.loss
-        rtol, atol = self._tolerances(args)
+        rtol, atol = newton_tolerances(self, args)
         geometry = flow.geometry
         dim = like().shape[0]
         eps = geometry.eps
