@@ -29,7 +29,7 @@ import pytest
 
 import mirrorflow_jax as mf
 from mirrorflow_jax._solver.rows import linearized_rows, rows as _rows, unrows as _unrows
-from mirrorflow_jax._solver.sign_kvaerno3 import _entry_argument
+from mirrorflow_jax._solver.stages import entry_argument as _entry_argument
 
 from .helpers import positive_signed_model, radau_reference, small_regression
 

@@ -18,7 +18,12 @@ factors (block diagonal plus rank r, `BlockLowRankOperator`) and a Woodbury solv
 
 Where the structure-preserving flow is discontinuous (sign(∂x/∂w_i) is kept exact) factors can
 collapse to 0 at a Filippov sliding point; the stages park them there and restart a resting
-part when its velocity turns (`_sliding`).
+part when its velocity turns (`sliding`).
+
+The layout follows diffrax's ESDIRK solvers: `SignFlowKvaerno3.step` runs the tableau's stages
+and the error estimate, `SignFlowKvaerno3._newton` the Newton iteration of one stage, and a
+stage strategy (`stages.AbstractUnknowns`: per coordinate, per entry, per entry with parking)
+supplies what differs between the three kinds of unknowns.
 """
 
 import dataclasses
@@ -36,9 +41,15 @@ from .._models import AbstractReparam, padding_mask
 from .._problems import AbstractFactoredLoss
 from .._validate import check_choice, check_int, check_range, is_concrete
 from .base import NEWTON_RTOL, AbstractFlowSolver, newton_tolerances, unset_tolerances
-from .linear import BlockLowRankOperator, woodbury_solve
-from .rows import linearized_rows, rows as _rows, unrows as _unrows
-from .sliding import entry_stage, stage_signs
+from .rows import rows as _rows, unrows as _unrows
+from .stages import (
+    AbstractUnknowns,
+    PerCoordinate,
+    Stage,
+    StepContext,
+    per_entry,
+    unknowns_for,
+)
 
 UNKNOWNS = ("auto", "coordinate", "entry")
 _TABLEAU = diffrax.Kvaerno3.tableau
@@ -50,12 +61,6 @@ for _i, _row in enumerate(_TABLEAU.a_lower):
     _A_LOWER[_i + 1, : len(_row)] = _row
 _C = np.concatenate([[0.0], _TABLEAU.c])
 _B_ERROR = np.asarray(_TABLEAU.b_error)
-# The per-entry argument where ∂x/∂w_i = 0 (the structure-preserving smoothing's scale ε|P_i|
-# vanishes): far beyond any ε, so φ^ε gives the sign.
-_UNBOUNDED = 1e30
-# A gradient entry below this many rounding spacings of |∇²f|·|x| restarts no resting part.
-_NOISE = 100.0
-# The tolerances of the Newton test where neither the solver nor the controller gives any.
 
 
 def _unsupported(flow, params, loss, unknowns="auto") -> str | None:
@@ -96,66 +101,16 @@ def _unsupported(flow, params, loss, unknowns="auto") -> str | None:
     return None
 
 
-def _per_entry(flow: SteepestFlow, params, unknowns: str) -> bool:
-    """Whether the stages' unknowns are one velocity per factor entry rather than one per
-    coordinate: always for the naive smoothing; for the structure-preserving one as
-    ``unknowns`` says, "auto" meaning per entry when coupled decay β is concrete and non-zero
-    (a traced β cannot be seen here: "auto" then takes one per coordinate and `_valid`
-    stops a non-zero β at run time)."""
-    if flow.smoothing_for(params) == "naive" or unknowns == "entry":
-        return True
-    beta = flow.coupled_wd
-    return unknowns == "auto" and is_concrete(beta) and bool(np.any(np.asarray(beta) != 0))
-
-
-def _entry_argument(flow: SteepestFlow, model: AbstractReparam, loss):
-    """Per factor entry, the argument whose φ^ε is its velocity (a PyTree like ``model``):
-    ∂F/∂w_i for the naive smoothing; (∂F/∂w_i)/|∂x/∂w_i| for the structure-preserving one
-    (at q = 1, φ^{ε|P|}(y) = φ^ε(y/|P|)), ±_UNBOUNDED where ∂x/∂w_i = 0 (φ^{0} is the sign)."""
-    grads = jax.grad(flow.objective)(model, loss)
-    if flow.smoothing_for(model) == "naive":
-        return grads
-
-    def scaled(grad, slope):
-        size = jnp.abs(slope)
-        safe = jnp.where(size > 0, size, 1.0)
-        return jnp.where(size > 0, grad / safe, jnp.sign(grad) * _UNBOUNDED)
-
-    return jax.tree.map(scaled, grads, model.factor_jacobian())
-
-
-def _gradient(flow: SteepestFlow, model: AbstractReparam, loss, per_entry: bool):
-    """The smoothed map's argument: ∇f(x) per coordinate, or `_entry_argument` in the (R, d)
-    row layout (per entry)."""
-    if per_entry:
-        return _rows(_entry_argument(flow, model, loss), model().shape[0])
-    return jax.grad(loss)(model())
-
-
-def _valid(flow: SteepestFlow, per_entry: bool):
+def _valid(flow: SteepestFlow, unknowns: AbstractUnknowns):
     """Whether traced (swept) values lie where the solver works: q = 1, ε > 0, and β = 0
     where the stages take one velocity per coordinate. Checked inside the program without a
     callback (which would keep the program out of JAX's persistent cache): a step outside
     ends the solve with a failure code."""
     geometry = flow.geometry
     valid = (geometry.q == 1) & (geometry.eps > 0)
-    if not per_entry:
+    if isinstance(unknowns, PerCoordinate):
         valid = valid & (flow.coupled_wd == 0)
     return valid
-
-
-class _Stage(eqx.Module):
-    """Stage i's equation Z = s·(B − a·σ·u), u = φ^ε(∇f(x(Z))), with s = 1/(1 + a·α); per
-    entry σ = 1 and u = φ^ε(`_entry_argument`(Z)) has one entry per factor entry. A parked
-    entry has B = σ = 0 (Z = 0 whatever u)."""
-
-    base: jax.Array  # B, (R, d)
-    sign: jax.Array  # σ = sign(∂x/∂w) at B, (R, d); ones per entry; 0 where parked
-    step: jax.Array  # a = γh
-    shrink: jax.Array  # s
-
-    def point(self, u):
-        return self.shrink * (self.base - self.step * self.sign * u)
 
 
 class SignFlowKvaerno3(AbstractFlowSolver):
@@ -292,8 +247,7 @@ class SignFlowKvaerno3(AbstractFlowSolver):
         concrete (inside the solve β is traced)."""
         changes = unset_tolerances(self, controller)
         if self.unknowns == "auto" and is_concrete(flow.coupled_wd):
-            per_entry = _per_entry(flow, params, "auto")
-            changes["unknowns"] = "entry" if per_entry else "coordinate"
+            changes["unknowns"] = "entry" if per_entry(flow, params, "auto") else "coordinate"
         return dataclasses.replace(self, **changes) if changes else self
 
     def order(self, terms):
@@ -316,78 +270,26 @@ class SignFlowKvaerno3(AbstractFlowSolver):
         """(velocity rows, u, g) at (t0, y0), evaluated afresh."""
         flow, loss = args.flow, args.loss
         dim = y0().shape[0]
-        g0 = _gradient(flow, y0, loss, _per_entry(flow, y0, self.unknowns))
+        g0 = unknowns_for(flow, y0, self.unknowns).argument(flow, y0, loss)
         return _rows(flow(t0, y0, loss), dim), flow.geometry.map(g0), g0
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
 
-    def _newton(self, stage: _Stage, like, args, u0, g0, active, per_entry=False):
-        """Solve stage's equation from (u0, g̃0); returns u, g̃ and whether it converged.
-        Does not iterate unless ``active`` (False once an earlier stage of the step has
-        failed: the step is rejected anyway). The unknowns are one velocity per factor entry
-        if ``per_entry`` (naive smoothing), else one per coordinate."""
+    def _newton(self, unknowns: AbstractUnknowns, like, args, stage: Stage, u0, g0, active):
+        """Solve ``stage``'s equation for its ``unknowns`` from the guess (u0, g̃0); returns u,
+        g̃ and whether it converged. Does not iterate unless ``active`` (False once an earlier
+        stage of the step has failed: the step is rejected anyway)."""
         flow, loss = args.flow, args.loss
         rtol, atol = newton_tolerances(self, args)
         geometry = flow.geometry
-        dim = like().shape[0]
         eps = geometry.eps
-
-        def per_coordinate(u, g_guess):
-            z = stage.point(u)
-            model = _unrows(z, like)
-            x = model()
-            g = jax.grad(loss)(x)
-            kappa = jnp.maximum(jnp.sum(stage.sign * _rows(model.factor_jacobian(), dim), 0), 0)
-            factor = loss.hessian_factor(x)
-            phi, dphi = jax.jvp(geometry.map, (g_guess,), (jnp.ones_like(g_guess),))
-            slope = stage.shrink * stage.step * kappa  # −∂x_j/∂u_j
-            r_g, r_u = g - g_guess, phi - u
-            rhs = r_g - factor @ (factor.T @ (slope * r_u))
-            weight = slope * dphi
-            capacitance = jnp.eye(factor.shape[1], dtype=u.dtype) + factor.T @ (
-                weight[:, None] * factor
-            )
-            operator = lx.MatrixLinearOperator(capacitance, lx.positive_semidefinite_tag)
-            inner = lx.linear_solve(
-                operator, factor.T @ (weight * rhs), lx.Cholesky(), throw=False
-            ).value
-            scale = atol + rtol * jnp.max(jnp.abs(z), axis=0)
-            return g, r_u, dphi, rhs - factor @ inner, slope / scale
-
-        parking = flow.smoothing_for(like) == "structured"
-
-        def per_entry_step(u, g_guess):
-            # (I + s·a·J D) Δg̃ = r_g − s·a·J r_u with J = ∂(∇_w F)/∂w at the iterate (taken
-            # once per step instead, its O(h) error times φ^ε' ~ 1/ε failed most Newton
-            # solves at ε = 1e-10) and D = diag(φ^ε'(g̃)).
-            # With the structure-preserving smoothing J is that of (∂F/∂w_i)/|∂x/∂w_i|, and
-            # a parked or resting entry (σ = 0) does not move with its u; with the naive one
-            # σ = 1 throughout (nothing parks) and is left out.
-            z = stage.point(u)
-            argument = functools.partial(_entry_argument, flow)
-            g, jacobian = linearized_rows(argument, _unrows(z, like), loss)
-            phi, dphi = jax.jvp(geometry.map, (g_guess,), (jnp.ones_like(g_guess),))
-            slope = stage.shrink * stage.step
-            r_g, r_u = g - g_guess, phi - u
-            sign = stage.sign if parking else 1.0
-            moving = sign * dphi
-            scaled = BlockLowRankOperator(
-                jacobian.blocks * moving.T[:, None, :],
-                jacobian.left,
-                jacobian.right * moving,
-                jacobian.factor,
-            )
-            rhs = r_g - slope * jacobian.mv(sign * r_u)
-            dg = woodbury_solve(scaled.shifted(-slope), rhs)
-            weight = slope * jnp.abs(sign) / (atol + rtol * jnp.abs(z))
-            return g, r_u, dphi, dg, weight
-
-        linear_step = per_entry_step if per_entry else per_coordinate
 
         def iterate(carry):
             u, g_guess, count, before, _ = carry
-            g, r_u, dphi, dg, weight = linear_step(u, g_guess)
+            g, r_u, dphi, dg, weight = unknowns.linearize(
+                stage, like, args, u, g_guess, rtol, atol
+            )
             g_new = g_guess + dg
             u_new = u + r_u + dphi * dg
             # An entry the linear model drives past ±1 is leaving the layer, where φ^ε's
@@ -425,9 +327,7 @@ class SignFlowKvaerno3(AbstractFlowSolver):
             return u, (g, converged.astype(guess.dtype))
 
         def residual(u):
-            return u - geometry.map(
-                _gradient(flow, _unrows(stage.point(u), like), loss, per_entry)
-            )
+            return u - geometry.map(unknowns.argument(flow, _unrows(stage.point(u), like), loss))
 
         def tangent_solve(linear, rhs):
             structure = jax.eval_shape(lambda: rhs)
@@ -454,110 +354,19 @@ class SignFlowKvaerno3(AbstractFlowSolver):
         field0, u0, g0 = jax.lax.cond(
             made_jump, lambda: self._first_stage(t0, y0, args), lambda: solver_state
         )
-        per_entry = _per_entry(flow, y0, self.unknowns)
-        # Factors can collapse to a Filippov sliding point only under the structure-preserving
-        # smoothing (the naive one is smooth in w).
-        parking = flow.smoothing_for(y0) == "structured"
-
-        def signs_of(rows):
-            return jnp.sign(_rows(_unrows(rows, y0).factor_jacobian(), dim))
-
-        fixed = _rows(padding_mask(y0), dim)
-
-        def velocity_at(rows):
-            return flow.geometry.map(_gradient(flow, _unrows(rows, y0), args.loss, True))
-
-        def restart_velocity(base, u, g):
-            """u, with 0 where |g| lies within the rounding noise of g (``_NOISE`` spacings of
-            |∇²f|·|x|): a part resting at 0 restarts only on a gradient the precision
-            resolves. Near a minimum g is rounding noise (about 1e-7 in float32), and resting
-            parts would restart and collapse on it at every step."""
-            x = _unrows(base, y0)()
-            factor = jnp.abs(args.loss.hessian_factor(x))
-            noise = _NOISE * jnp.finfo(dtype).eps * (factor @ (factor.T @ jnp.abs(x)))
-            return jnp.where(jnp.abs(g) > noise, u, 0.0)
-
-        def stage_of_entries(base, u, shrink):
-            def point(u):
-                return _Stage(base, jnp.ones_like(base), step, shrink).point(u)
-
-            return entry_stage(w0, base, u, step, point, velocity_at, signs_of, fixed)
-
+        unknowns = unknowns_for(flow, y0, self.unknowns)
+        context = StepContext(y0, args, w0, step, _rows(padding_mask(y0), dim), dim)
+        newton = functools.partial(self._newton, unknowns, y0, args)
         fields = jnp.zeros((_STAGES, *w0.shape), dtype).at[0].set(field0)
-
-        def coordinate_stage(base, shrink, u, g, ok):
-            """Per coordinate: the stage's signs, parked entries and Newton solution. The
-            signs (which resting parts restart, which entries park) are decided on a velocity
-            guess; where the solved velocity contradicts them (a resting part restarted on a
-            guess whose sign the solve reverses: its stage point lands on the wrong side, for
-            every step size, as the solve tends to φ^ε(g(y0)) while the guess carries the
-            previous step's velocity), they are decided again on the solved velocity and the
-            stage solved once more from it. A second pass that is not needed iterates no
-            further (a fixed count of passes keeps the stage differentiable in reverse
-            mode)."""
-
-            def attempt(index, carry):
-                u, g, sign, parked, converged, consistent = carry
-                again = (index == 0) | (converged & ~consistent)
-
-                def point(sign):
-                    return _Stage(base, sign, step, shrink).point(u)
-
-                def restart():
-                    return restart_velocity(base, u, g)
-
-                new_sign, new_parked = stage_signs(base, restart, point, signs_of, fixed)
-                sign = jnp.where(again, new_sign, sign)
-                parked = jnp.where(again, new_parked, parked)
-                equation = _Stage(
-                    jnp.where(parked, 0.0, base), jnp.where(parked, 0.0, sign), step, shrink
-                )
-                u, g, solved = self._newton(equation, y0, args, u, g, ok & again, False)
-                z = equation.point(u)
-                # The stage's velocity with the signs at its base point: they are the signs
-                # at z too, or the step is rejected. A parked entry (z = 0, its own sign 0)
-                # must be one that the full velocity |u| carries to 0 within the stage.
-                reaches = (base * sign * u > 0) & (jnp.abs(base) <= step * jnp.abs(u))
-                agrees = jnp.all(signs_of(z) == equation.sign) & jnp.all(~parked | reaches)
-                converged = jnp.where(again, solved, converged)
-                consistent = jnp.where(again, agrees, consistent)
-                return u, g, sign, parked, converged, consistent
-
-            unknown = jnp.asarray(False)
-            start = (u, g, jnp.zeros_like(base), jnp.zeros(base.shape, bool), unknown, unknown)
-            u, g, sign, parked, converged, consistent = jax.lax.fori_loop(0, 2, attempt, start)
-            return sign, parked, u, g, converged & consistent
 
         def stage(i, carry):
             fields, _, u, g, ok, _ = carry
             base = w0 + h * jnp.tensordot(a_lower[i], fields, 1)
             t = t0 + times[i] * h
             shrink = 1 / (1 + step * flow.decay_rate(t))
-            if not per_entry:
-                sign, parked, u, g, passed = coordinate_stage(base, shrink, u, g, ok)
-                equation = _Stage(
-                    jnp.where(parked, 0.0, base), jnp.where(parked, 0.0, sign), step, shrink
-                )
-                z = equation.point(u)
-            else:
-                if parking:
-                    guess, parked, reaches = stage_of_entries(base, u, shrink)
-                    u = guess
-                else:
-                    parked = jnp.zeros(base.shape, bool)
-                equation = _Stage(
-                    jnp.where(parked, 0.0, base),
-                    jnp.where(parked, 0.0, jnp.ones_like(base)),
-                    step,
-                    shrink,
-                )
-                u, g, converged = self._newton(equation, y0, args, u, g, ok, True)
-                z = equation.point(u)
-                if parking:
-                    passed = converged & jnp.all(~parked | reaches)
-                    u = jnp.where(parked, guess, u)
-                else:
-                    passed = converged
+            equation, z, u, g, parked, passed = unknowns.solve_stage(
+                context, newton, base, shrink, u, g, ok
+            )
             velocity = -equation.sign * u - flow.decay_rate(t) * z
             # Z = B + a·k: a parked entry's stage velocity is the Filippov selection −B/a.
             fields = fields.at[i].set(jnp.where(parked, -base / step, velocity))
@@ -575,7 +384,7 @@ class SignFlowKvaerno3(AbstractFlowSolver):
         # Traced values out of range, or time running backwards (diffrax solves t1 < t0 as
         # t ↦ −t with the sign in the control): an accepted step (error 0) that keeps y0 and
         # ends the solve with a failure code.
-        valid = _valid(flow, per_entry) & ~(terms.contr(t0, t1) < 0)
+        valid = _valid(flow, unknowns) & ~(terms.contr(t0, t1) < 0)
         failed = ~ok | nonfinite | ~valid
         # A failed step reports it: an adaptive controller rejects the step (its error is
         # inf) and diffrax then ignores the code; under a constant step it ends the solve.
