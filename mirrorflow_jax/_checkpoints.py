@@ -56,7 +56,8 @@ class _ChunkStore:
     """Finished chunks as netCDF files (written atomically by `save_dataset`) in ``directory``.
 
     ``fingerprint`` identifies the sweep; ``grid`` and ``chunk_size`` (when given) tell which
-    members chunk ``k`` holds, which the file records and `load` checks.
+    members chunk ``k`` holds, which the file records and `load` checks. Without a grid a
+    "chunk" is any list of arrays (an experiment's stage, `experiments._base.stage_checkpoints`).
     """
 
     directory: pathlib.Path
@@ -162,8 +163,14 @@ class _ChunkStore:
             return
         leaves = [np.asarray(a) for a in leaves]
         members = self.members(k)
+        # A sweep's leaves share their leading axis, the chunk's members; without a grid the
+        # leaves are independent arrays, each with axes of its own.
+        first = 0 if self.grid is None else 1
         data = {
-            f"leaf_{i}": (("member",) + tuple(f"leaf_{i}_{j}" for j in range(1, a.ndim)), a)
+            f"leaf_{i}": (
+                ("member",) * first + tuple(f"leaf_{i}_{j}" for j in range(first, a.ndim)),
+                a,
+            )
             for i, a in enumerate(leaves)
         }
         data |= {f"member_{name}": ("member", values) for name, values in members.items()}

@@ -12,6 +12,7 @@ import optax
 import pytest
 import xarray as xr
 
+import mirrorflow_jax as mf
 from mirrorflow_jax.experiments import finetune as ft
 from mirrorflow_jax.experiments._base import Check
 
@@ -103,8 +104,14 @@ def test_tiny_run_variables_reproducibility_resume_and_sgd_gap(tmp_path):
 
     # reproducible, and a rerun from the checkpoints of a first run gives the same Dataset
     xr.testing.assert_identical(ds, ft.run(TINY, workdir=tmp_path))
-    assert len(list(tmp_path.rglob("*.nc"))) == 4
+    files = sorted(tmp_path.rglob("*.nc"))
+    assert len(files) == len(ft.STAGES) == 4  # one self-checking file per stage
     xr.testing.assert_identical(ds, ft.run(TINY, workdir=tmp_path))
+    # a damaged stage file is named in a warning and its stage recomputed, to the same result
+    files[1].write_bytes(files[1].read_bytes()[:-100])
+    with pytest.warns(mf.CheckpointWarning, match=files[1].name):
+        xr.testing.assert_identical(ds, ft.run(TINY, workdir=tmp_path))
+    xr.testing.assert_identical(ds, ft.run(TINY, workdir=tmp_path))  # rewritten: no warning
 
     checks = ft.checks(ds)
     assert checks and all(isinstance(c, Check) and isinstance(c.held, bool) for c in checks)

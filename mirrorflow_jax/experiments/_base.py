@@ -18,17 +18,40 @@ full-size run, with a ``quick:`` block of overrides for ``--quick``). It provide
 
 Configs validate their fields with `check_int`, `check_range` and `check_numbers` from here,
 one path for every experiment: each raises ValueError naming the field and its valid range.
+
+This module is the experiments' one door into the package's private modules: besides the
+checks it offers `Progress` (the sweeps' progress reporter), `stage_checkpoints` (the sweeps'
+self-checking checkpoint files for runs made of stages) and `min_weighted_l1_separator` (the
+reweighted-ℓ1 linear program behind `max_margin`); the experiments import nothing else that
+the public API `mirrorflow_jax` does not offer.
 """
 
 import dataclasses
+import hashlib
+import json
 import os
 import pathlib
+from collections.abc import Callable
 
+import jax.numpy as jnp
 import numpy as np
 
+from mirrorflow_jax._checkpoints import _ChunkStore
+from mirrorflow_jax._margins import min_weighted_l1_separator
+from mirrorflow_jax._progress import Progress
 from mirrorflow_jax._validate import brief, check_int as _check_int_from, check_range
 
-__all__ = ["Check", "check_int", "check_numbers", "check_range", "checkpoint_dir", "within"]
+__all__ = [
+    "Check",
+    "Progress",
+    "check_int",
+    "check_numbers",
+    "check_range",
+    "checkpoint_dir",
+    "min_weighted_l1_separator",
+    "stage_checkpoints",
+    "within",
+]
 
 
 def check_int(name: str, value, lo: int, hi: int | None = None):
@@ -77,6 +100,45 @@ def within(name: str, measured: float, predicted: float, tolerance: float, detai
 def checkpoint_dir(workdir: str | os.PathLike | None, name: str) -> pathlib.Path | None:
     """The checkpoint folder of one sweep of a run (None when the run keeps no checkpoints)."""
     return None if workdir is None else pathlib.Path(workdir) / name
+
+
+Stage = Callable[[str, Callable[[], dict]], dict[str, np.ndarray]]
+
+
+def stage_checkpoints(workdir, name: str, config, stages: tuple[str, ...]) -> Stage:
+    """``cached(stage, compute)``: the result of ``compute()`` (a dict of arrays) as NumPy
+    arrays, for runs made of stages other than sweeps. With a ``workdir`` each stage is kept
+    in the sweeps' self-checking checkpoint file (one per stage, with a checksum) under
+    ``checkpoint_dir(workdir, f"{name}-<hash of config>")`` and read back when the same
+    ``config`` runs again at the same float precision; a damaged or foreign file is named in a
+    `CheckpointWarning` and its stage recomputed and rewritten. ``stages`` names them all, in
+    order."""
+
+    def as_numpy(result):
+        return {key: np.asarray(value) for key, value in result.items()}
+
+    if workdir is None:
+        return lambda stage, compute: as_numpy(compute())
+    tag = json.dumps(
+        {"config": repr(config), "float": str(jnp.result_type(float)), "stages": stages}
+    )
+    folder = checkpoint_dir(workdir, f"{name}-{hashlib.sha256(tag.encode()).hexdigest()[:12]}")
+    folder.mkdir(parents=True, exist_ok=True)
+    store = _ChunkStore(folder, tag)
+    store.clean()
+
+    def cached(stage, compute):
+        k = stages.index(stage)
+        leaves = store.load(k)
+        if leaves is not None:  # the first leaf lists the keys (JSON, as bytes)
+            keys = json.loads(leaves[0].tobytes().decode())
+            return dict(zip(keys, leaves[1:], strict=True))
+        result = as_numpy(compute())
+        keys = np.frombuffer(json.dumps(list(result)).encode(), np.uint8)
+        store.save(k, [keys, *result.values()])
+        return result
+
+    return cached
 
 
 def loglog_slope(x, y) -> float:

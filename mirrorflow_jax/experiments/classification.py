@@ -49,9 +49,15 @@ import optimistix as optx
 import xarray as xr
 
 import mirrorflow_jax as mf
-from mirrorflow_jax._margins import min_weighted_l1_separator
 
-from ._base import Check, check_int, check_range, checkpoint_dir, within
+from ._base import (
+    Check,
+    check_int,
+    check_range,
+    checkpoint_dir,
+    min_weighted_l1_separator,
+    within,
+)
 
 P = {"l2": 2.0, "l1": 1.0, "linf": np.inf}  # the convex geometries, by name
 
