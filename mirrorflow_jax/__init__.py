@@ -44,6 +44,7 @@ if typing.TYPE_CHECKING:
         min_l1_interpolant as min_l1_interpolant,
     )
     from ._mirror import (
+        AbstractMirror as AbstractMirror,
         BiasSolution as BiasSolution,
         DeepDiagonalMirror as DeepDiagonalMirror,
         MirrorFlow as MirrorFlow,

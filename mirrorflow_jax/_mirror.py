@@ -20,6 +20,7 @@ e < 1; for e ≥ 1 the integral diverges at 0 (∇R and R are +∞ off x = 0), a
 metric, is finite.
 """
 
+import abc
 import functools
 
 import equinox as eqx
@@ -70,7 +71,34 @@ def _integrate_from_zero(integrand, rho: Array, knee: Array) -> Array:
     return near + jnp.where(rho > jnp.squeeze(s, -1), far, 0.0)
 
 
-class DeepDiagonalMirror(eqx.Module):
+class AbstractMirror(eqx.Module):
+    r"""A mirror map: a strictly convex potential R on R^d, its gradient ∇R and the
+    gradient's inverse, elementwise for the separable potentials of the toolkit
+    (`DeepDiagonalMirror`, `SquareDiffMirror`). `implicit_bias` takes any subclass.
+
+    Subclass it with ``potential``, ``grad`` and ``grad_inverse``; the Bregman divergence
+    ``bregman`` follows from them.
+    """
+
+    @abc.abstractmethod
+    def potential(self, x: ArrayLike) -> Array:
+        """R(x), a scalar."""
+
+    @abc.abstractmethod
+    def grad(self, x: ArrayLike) -> Array:
+        """∇R(x), shaped like x."""
+
+    @abc.abstractmethod
+    def grad_inverse(self, z: ArrayLike) -> Array:
+        """The x with ∇R(x) = z, shaped like z."""
+
+    def bregman(self, x: ArrayLike, y: ArrayLike) -> Array:
+        """D_R(x, y) = R(x) − R(y) − ⟨∇R(y), x − y⟩ ≥ 0, zero exactly at x = y."""
+        x, y = jnp.asarray(x), jnp.asarray(y)
+        return self.potential(x) - self.potential(y) - jnp.sum(self.grad(y) * (x - y))
+
+
+class DeepDiagonalMirror(AbstractMirror):
     r"""The mirror map R_{q,L,c} of a balanced deep diagonal model (docs/theory.md §4).
 
     **Fields:** ``q`` ∈ [1, 2]; ``depth`` L ≥ 1 (static); ``c`` ≥ 0, the balance constant
@@ -226,11 +254,6 @@ class DeepDiagonalMirror(eqx.Module):
         x = jnp.where(uniform, uniform_x, x)
         return jnp.where(absz > 0, jnp.sign(z) * x, 0.0)
 
-    @_jit_on_arrays
-    def bregman(self, x: ArrayLike, y: ArrayLike) -> Array:
-        """D_R(x, y) = R(x) − R(y) − ⟨∇R(y), x − y⟩."""
-        return self.potential(x) - self.potential(y) - jnp.sum(self.grad(y) * (x - jnp.asarray(y)))
-
 
 class MirrorFlow(AbstractDecayedFlow):
     r"""The x-space steepest mirror flow of a balanced deep diagonal model (docs/theory.md §4, §6):
@@ -297,7 +320,7 @@ def solve_mirror_flow(flow: MirrorFlow, x0: ArrayLike, loss: Loss, t1: ScalarLik
     return solve_flow(flow, as_float(x0), loss, t1, **kwargs)
 
 
-class SquareDiffMirror(eqx.Module):
+class SquareDiffMirror(AbstractMirror):
     r"""The potential Q_α of x = u⊙u − v⊙v under gradient flow from u = v = α
     (Woodworth et al. 2020):
 
@@ -393,15 +416,15 @@ def _bias(mirror, A, b, x0, max_steps):
 
 
 def implicit_bias(
-    mirror, A: ArrayLike, b: ArrayLike, x0: ArrayLike, *, max_steps: int = 10_000
+    mirror: AbstractMirror, A: ArrayLike, b: ArrayLike, x0: ArrayLike, *, max_steps: int = 10_000
 ) -> BiasSolution:
     r"""The mirror-descent limit on an underdetermined regression: argmin_{Ax=b} D_R(x, x₀).
 
     Solved through the convex dual: with x(ν) = (∇R)⁻¹(∇R(x₀) + Aᵀν), ν ∈ R^n minimizes
     R*(∇R(x₀) + Aᵀν) − bᵀν, whose gradient is A·x(ν) − b (BFGS with line search, then
     Newton's method on A·x(ν) = b from its point, optimistix; R*(z) = ⟨z, x(z)⟩ − R(x(z))).
-    ``mirror`` is any object with ``grad``, ``grad_inverse`` and ``potential``
-    (`DeepDiagonalMirror`, `SquareDiffMirror`).
+    ``mirror`` is an `AbstractMirror` (`DeepDiagonalMirror`, `SquareDiffMirror` or your own
+    subclass).
     Independent of any flow. Compiled once per mirror type and shapes: further calls with
     other values of c, A, b, x₀ reuse the program.
 
@@ -423,12 +446,11 @@ def implicit_bias(
     ```
     """
     check_int("max_steps", max_steps, 1)
-    for method in ("grad", "grad_inverse", "potential"):
-        if not callable(getattr(mirror, method, None)):
-            raise ValueError(
-                "`mirror` must have `grad`, `grad_inverse` and `potential` methods (e.g. "
-                f"DeepDiagonalMirror or SquareDiffMirror); got {type(mirror).__name__}."
-            )
+    if not isinstance(mirror, AbstractMirror):
+        raise ValueError(
+            "`mirror` must be an AbstractMirror (DeepDiagonalMirror, SquareDiffMirror, or a "
+            f"subclass with potential, grad and grad_inverse); got {type(mirror).__name__}."
+        )
     A, b, x0 = as_float(A), as_float(b), as_float(x0)
     if A.ndim != 2 or b.shape != A.shape[:1] or x0.shape != A.shape[1:]:
         raise ValueError(

@@ -12,7 +12,8 @@ import pytest
 from scipy import integrate, optimize
 
 import mirrorflow_jax as mf
-from mirrorflow_jax._mirror import (
+from mirrorflow_jax import (
+    AbstractMirror,
     DeepDiagonalMirror,
     MirrorFlow,
     SquareDiffMirror,
@@ -311,7 +312,7 @@ def test_small_scale_approaches_minimum_l1():
 # ----------------------------------------------------------------------------- implicit bias
 
 
-class _CountingMirror(eqx.Module):
+class _CountingMirror(AbstractMirror):
     """∇R(x) = arcsinh(x/(2α²)) (`SquareDiffMirror`'s map), counting how often it is traced."""
 
     alpha: jax.Array
@@ -363,7 +364,7 @@ def test_implicit_bias_flags_an_inconsistent_system():
 def test_implicit_bias_bad_setup():
     with pytest.raises(ValueError, match="`A`, `b` and `x0` must have shapes"):
         implicit_bias(SquareDiffMirror(0.5), jnp.ones((2, 3)), jnp.ones(3), jnp.zeros(3))
-    with pytest.raises(ValueError, match="`mirror` must have `grad`, `grad_inverse`"):
+    with pytest.raises(ValueError, match="`mirror` must be an AbstractMirror"):
         implicit_bias(object(), jnp.ones((2, 3)), jnp.ones(2), jnp.zeros(3))
 
 
@@ -445,3 +446,48 @@ def test_mirror_flow_at_c_zero_equals_the_factor_flow_from_a_uniform_init(flows,
     expected = _factor_flow_scipy(A, b, q, depth, UNIFORM_ALPHA, np.asarray(TS))
     assert np.max(np.abs(expected[-1] - expected[0])) > 1e-2  # it moved
     np.testing.assert_allclose(x, expected, rtol=1e-8, atol=1e-10)
+
+
+class _Euclidean(AbstractMirror):
+    """R(x) = ½‖x‖²: a user's own mirror, with bregman inherited."""
+
+    def potential(self, x):
+        return 0.5 * jnp.sum(jnp.asarray(x) ** 2)
+
+    def grad(self, x):
+        return jnp.asarray(x)
+
+    def grad_inverse(self, z):
+        return jnp.asarray(z)
+
+
+def test_bregman_is_the_integral_of_the_gradient_gap():
+    """D_R(x, y) = Σ_j ∫_{y_j}^{x_j} (∇R(s) − ∇R(y_j)) ds, by scipy quadrature, for both
+    toolkit mirrors; ½‖x − y‖² for the Euclidean one."""
+    x, y = np.array([0.3, -1.0, 2.0]), np.array([0.1, 0.5, 2.0])
+    for mirror in (DeepDiagonalMirror(1.5, 3, 0.3), SquareDiffMirror(0.4)):
+        reference = sum(
+            integrate.quad(
+                lambda s, b=b, mirror=mirror: float(
+                    mirror.grad(jnp.array([s]))[0] - mirror.grad(jnp.array([b]))[0]
+                ),
+                b,
+                a,
+                epsrel=1e-12,
+            )[0]
+            for a, b in zip(x, y, strict=True)
+        )
+        np.testing.assert_allclose(float(mirror.bregman(x, y)), reference, rtol=1e-9)
+    np.testing.assert_allclose(float(_Euclidean().bregman(x, y)), 0.5 * np.sum((x - y) ** 2))
+
+
+def test_implicit_bias_takes_a_users_mirror():
+    """With R = ½‖x‖² the argmin of D_R(x, x₀) over Ax = b is the projection
+    x₀ + A⁺(b − Ax₀) (NumPy's pseudo-inverse)."""
+    problem = mf.sparse_regression(jax.random.key(3), n=4, d=9, k=2)
+    x0 = jnp.linspace(-1.0, 1.0, 9)
+    bias = implicit_bias(_Euclidean(), problem.A, problem.b, x0)
+    A, b = np.asarray(problem.A), np.asarray(problem.b)
+    expected = np.asarray(x0) + np.linalg.pinv(A) @ (b - A @ np.asarray(x0))
+    assert bool(bias.converged)
+    np.testing.assert_allclose(bias.x, expected, rtol=1e-9, atol=1e-10)
