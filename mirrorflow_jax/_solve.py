@@ -7,6 +7,7 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
@@ -20,10 +21,10 @@ from ._models import AbstractReparam, effective_weights
 from ._problems import AbstractLoss
 from ._solver.auto import solver_choice
 from ._solver.stiffness import StiffnessCheck, is_stiff
-from ._validate import as_float, check_int, check_params, check_times, is_concrete
+from ._validate import as_float, check_int, check_params, check_range, check_times, is_concrete
 
 
-class EventNewton(optx.Newton):
+class EventNewton(optx.AbstractRootFinder):
     """Newton's method for locating an event time, which also stops once the time is resolved
     to float precision.
 
@@ -31,20 +32,61 @@ class EventNewton(optx.Newton):
     ``atol``/``rtol``; at large times (measured: escape times ≳ 1e8 at tolerance 1e-10) the event
     function cannot get within ``atol`` of 0, because the float spacing of t times its slope
     is larger than ``atol``, and the root find would report failure although t is exact. This
-    one also stops, successfully, when the last update is at most ``ulps`` float spacings of t.
+    one runs ``optimistix.Newton``'s iteration and also stops, successfully, when the last
+    update is at most ``ulps`` float spacings of t.
 
-    **Arguments:** ``rtol``, ``atol``, ``norm``, ``kappa``, ``linear_solver``,
-    ``cauchy_termination`` as for ``optimistix.Newton``; ``ulps`` ≥ 1 (default 64), the
-    update size, in float spacings of t, below which t counts as resolved.
+    **Arguments:** ``rtol``, ``atol``, ``norm``, ``kappa``, ``linear_solver`` (None: Newton's
+    default), ``cauchy_termination`` as for ``optimistix.Newton``; ``ulps`` ≥ 1 (default 64),
+    the update size, in float spacings of t, below which t counts as resolved.
     """
 
-    ulps: float = 64.0
+    newton: optx.Newton
+    ulps: float
+
+    def __init__(
+        self,
+        rtol: float,
+        atol: float,
+        norm=optx.max_norm,
+        kappa: float = 1e-2,
+        linear_solver: lx.AbstractLinearSolver | None = None,
+        cauchy_termination: bool = True,
+        ulps: float = 64.0,
+    ):
+        check_range("ulps", ulps, 1.0)
+        if linear_solver is None:  # optimistix.Newton's default
+            linear_solver = lx.AutoLinearSolver(well_posed=None)
+        self.newton = optx.Newton(
+            rtol, atol, norm, kappa, linear_solver, cauchy_termination=cauchy_termination
+        )
+        self.ulps = ulps
+
+    @property
+    def rtol(self):
+        return self.newton.rtol
+
+    @property
+    def atol(self):
+        return self.newton.atol
+
+    @property
+    def norm(self):
+        return self.newton.norm
+
+    def init(self, fn, y, args, options, f_struct, aux_struct, tags):
+        return self.newton.init(fn, y, args, options, f_struct, aux_struct, tags)
+
+    def step(self, fn, y, args, options, state, tags):
+        return self.newton.step(fn, y, args, options, state, tags)
 
     def terminate(self, fn, y, args, options, state, tags):
-        done, result = super().terminate(fn, y, args, options, state, tags)
+        done, result = self.newton.terminate(fn, y, args, options, state, tags)
         spacing = jnp.finfo(jnp.result_type(y)).eps * jnp.maximum(jnp.abs(y), self.atol)
         resolved = jnp.all(jnp.abs(state.diff) <= self.ulps * spacing)
         return done | (resolved & (state.result == optx.RESULTS.successful)), result
+
+    def postprocess(self, fn, y, aux, args, options, state, tags, result):
+        return self.newton.postprocess(fn, y, aux, args, options, state, tags, result)
 
 
 class AbstractEscape(eqx.Module):
