@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import optimistix as optx  # noqa: E402
 
 import mirrorflow_jax as mf  # noqa: E402
-from mirrorflow_jax._sweep import Grid, sweep  # noqa: E402
+from mirrorflow_jax import Grid, sweep  # noqa: E402
 
 PROBLEM = mf.sparse_regression(jax.random.key(0), n=8, d=12, k=3)
 DIM, MAX_DEPTH, T1 = 12, 3, 1.0

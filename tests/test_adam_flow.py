@@ -12,8 +12,7 @@ import optax
 import pytest
 
 import mirrorflow_jax as mf
-from mirrorflow_jax._adam_flow import AdamFlow, AdamState
-from mirrorflow_jax._discrete import run_optimizer, steps_at_times, trajectory_gap
+from mirrorflow_jax import AdamFlow, AdamState, run_optimizer, steps_at_times, trajectory_gap
 
 from .helpers import small_regression
 

@@ -15,8 +15,8 @@ import pytest
 import xarray as xr
 
 import mirrorflow_jax as mf
-from mirrorflow_jax._checkpoints import CheckpointWarning, _ChunkStore
-from mirrorflow_jax._sweep import Grid, sweep
+from mirrorflow_jax import CheckpointWarning, Grid, sweep
+from mirrorflow_jax._checkpoints import _ChunkStore
 
 from . import sweep_script as script
 

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import mirrorflow_jax as mf
-from mirrorflow_jax._discrete import (
+from mirrorflow_jax import (
     run_optimizer,
     scale_by_steepest,
     steepest_descent,

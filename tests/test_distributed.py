@@ -58,7 +58,7 @@ def _grid_and_member():
     import jax.numpy as jnp
     import numpy as np
 
-    from mirrorflow_jax._sweep import Grid
+    from mirrorflow_jax import Grid
 
     grid = Grid(alpha=np.linspace(0.1, 1.0, 7), beta=[0.5, 2.0])  # 14 members
 
@@ -76,7 +76,7 @@ CHUNK_SIZE = 3  # 5 chunks, the last one short: padded to 4 members = one per gl
 
 
 def _sweep(checkpoint_dir=None, shard=None):
-    from mirrorflow_jax._sweep import sweep
+    from mirrorflow_jax import sweep
 
     grid, member = _grid_and_member()
     return sweep(

@@ -20,8 +20,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from mirrorflow_jax import Grid, sweep  # noqa: E402
 from mirrorflow_jax._distributed import parse_shard, shard_chunks, sharded  # noqa: E402
-from mirrorflow_jax._sweep import Grid, sweep  # noqa: E402
 
 GRID = Grid(alpha=np.linspace(0.1, 1.0, 5), beta=[0.5, 2.0])  # 10 members
 CHUNK_SIZE = 2  # 5 chunks

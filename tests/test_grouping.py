@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mirrorflow_jax import _grouping
-from mirrorflow_jax._sweep import Grid, _auto_strategy, _trace, sweep
+from mirrorflow_jax import Grid, _grouping, sweep
+from mirrorflow_jax._sweep import _auto_strategy, _trace
 
 SEEN = {"stiff": []}
 

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 import mirrorflow_jax as mf
-from mirrorflow_jax import _guard
-from mirrorflow_jax._sweep import Grid, sweep
+from mirrorflow_jax import Grid, _guard, sweep
 from mirrorflow_jax.cli import main
 
 from .helpers import small_regression

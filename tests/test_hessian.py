@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from mirrorflow_jax._hessian import hessian_eigenvalues
+from mirrorflow_jax import hessian_eigenvalues
 
 KEY = jax.random.key(3)
 

@@ -11,7 +11,7 @@ from jax.flatten_util import ravel_pytree
 from scipy import integrate
 
 import mirrorflow_jax as mf
-from mirrorflow_jax._flow import FlowArgs
+from mirrorflow_jax import FlowArgs
 from mirrorflow_jax._solver.auto import choose_solver
 
 from .helpers import rolled, small_regression

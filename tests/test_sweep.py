@@ -16,7 +16,8 @@ import pytest
 import xarray as xr
 
 import mirrorflow_jax as mf
-from mirrorflow_jax._sweep import Grid, _time_coordinate, sweep
+from mirrorflow_jax import Grid, sweep
+from mirrorflow_jax._sweep import _time_coordinate
 
 from . import sweep_script as script
 
