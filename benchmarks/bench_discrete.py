@@ -1,4 +1,4 @@
-"""Benchmark the discrete-optimizer runners of `mirrorflow_jax._discrete`, and measure
+"""Benchmark the discrete-optimizer runners (`run_optimizer`, `steps_to_escape`), and measure
 steps-to-escape versus learning rate for GD, sign descent, Adam and AdamW.
 
 The problem is the paper's regression setup (docs/theory.md §8): ``sparse_regression(key(0),
