@@ -38,6 +38,8 @@ class EventNewton(optx.AbstractRootFinder):
     **Arguments:** ``rtol``, ``atol``, ``norm``, ``kappa``, ``linear_solver`` (None: Newton's
     default), ``cauchy_termination`` as for ``optimistix.Newton``; ``ulps`` ≥ 1 (default 64),
     the update size, in float spacings of t, below which t counts as resolved.
+
+    **Fields:** ``newton``, the ``optimistix.Newton`` built from those arguments, and ``ulps``.
     """
 
     newton: optx.Newton
