@@ -150,7 +150,7 @@ class PerCoordinate(AbstractUnknowns):
 
     def linearize(self, stage, like, args, u, g_guess, rtol, atol):
         loss, geometry = args.loss, args.flow.geometry
-        dim = like().shape[0]
+        dim = stage.base.shape[-1]  # the rows are (R, d)
         z = stage.point(u)
         model = _unrows(z, like)
         x = model()

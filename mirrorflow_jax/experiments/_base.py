@@ -102,10 +102,10 @@ def checkpoint_dir(workdir: str | os.PathLike | None, name: str) -> pathlib.Path
     return None if workdir is None else pathlib.Path(workdir) / name
 
 
-Stage = Callable[[str, Callable[[], dict]], dict[str, np.ndarray]]
+StageCache = Callable[[str, Callable[[], dict]], dict[str, np.ndarray]]
 
 
-def stage_checkpoints(workdir, name: str, config, stages: tuple[str, ...]) -> Stage:
+def stage_checkpoints(workdir, name: str, config, stages: tuple[str, ...]) -> StageCache:
     """``cached(stage, compute)``: the result of ``compute()`` (a dict of arrays) as NumPy
     arrays, for runs made of stages other than sweeps. With a ``workdir`` each stage is kept
     in the sweeps' self-checking checkpoint file (one per stage, with a checksum) under
