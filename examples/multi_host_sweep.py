@@ -16,7 +16,8 @@ if len(sys.argv) == 1:  # the launcher: start both processes, then check their r
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    env = dict(os.environ, XLA_FLAGS=flags.strip())
     with tempfile.TemporaryDirectory() as out:
         processes = [
             subprocess.Popen([sys.executable, __file__, str(i), port, out], env=env)

@@ -2,8 +2,11 @@
 
 import os
 
-# Must be set before jax is imported; on a machine with accelerators leave it out.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# Must be set before jax is imported (kept with any XLA_FLAGS already set); on a machine with
+# accelerators leave it out.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] = flags.strip()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

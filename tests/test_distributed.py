@@ -25,7 +25,8 @@ def _free_port() -> int:
 
 def _start_pair(tmp_path, directories: tuple[str, str]) -> list:
     port = _free_port()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    env = dict(os.environ, XLA_FLAGS=flags.strip())  # the suite's flags kept
     env.pop("JAX_PLATFORMS", None)
     return [
         subprocess.Popen(
