@@ -26,7 +26,12 @@ def _with_loop_emitters() -> None:
     candidate = f"{flags} {_LOOP_EMITTERS}".strip()
     probe = "import jax; jax.numpy.zeros(1).block_until_ready()"
     env = dict(os.environ, XLA_FLAGS=candidate, JAX_PLATFORMS="cpu")
-    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", probe], env=env, capture_output=True, timeout=300
+        )
+    except subprocess.TimeoutExpired:
+        return
     if done.returncode == 0:
         os.environ["XLA_FLAGS"] = candidate
 
