@@ -1,7 +1,6 @@
 """Shared fixtures and independent reference computations for the tests."""
 
 import functools
-import os
 from typing import ClassVar
 
 import diffrax
@@ -22,12 +21,6 @@ TIGHT = diffrax.PIDController(rtol=1e-11, atol=1e-13)
 EXACT_GEOMETRIES = [(1.5, 0.0), (2.0, 0.0)]
 SMOOTHED_GEOMETRIES = [(1.0, 1e-3), (1.0, 1e-2), (1.5, 1e-3)]
 DEPTHS = [2, 3, 4]
-
-
-def with_devices(count: int) -> str:
-    """``XLA_FLAGS`` for a subprocess with ``count`` CPU devices, keeping the suite's flags."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    return f"{flags} --xla_force_host_platform_device_count={count}".strip()
 
 
 def small_regression(seed: int = 0, n: int = 8, d: int = 12, k: int = 3) -> mf.LeastSquares:
